@@ -1,0 +1,1 @@
+"""Weakly supervised object localization with BAS."""

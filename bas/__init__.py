@@ -1,0 +1,1 @@
+"""The shared core of BAS: the Activation Map Constraint and the cut backbones."""
