@@ -10,8 +10,8 @@ class. Suppressing S_bg (the ``bas`` term) pushes M_fg to cover the whole object
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

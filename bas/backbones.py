@@ -117,7 +117,7 @@ class _InceptionDPadded(tv_inception.InceptionD):
         return torch.cat([branch3x3, branch7x7x3, pool], 1)
 
 
-_INCEPTION_HEAD_BLOCKS = ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e")
+_INCEPTION_HEAD_BLOCKS = tuple(f"Mixed_{n}" for n in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e"))
 
 
 def inception_v3() -> Backbone:
@@ -205,11 +205,14 @@ class LoadReport:
     missing: list[str]
 
     def __str__(self) -> str:
+        def listing(names: list[str]) -> str:
+            return f"{len(names)}: {', '.join(names[:8])}" + (" ..." if len(names) > 8 else "")
+
         lines = [f"loaded {len(self.used)} tensors from {self.source}"]
         if self.ignored:
-            lines.append(f"  ignored {len(self.ignored)}: {', '.join(self.ignored[:8])}{' ...' * (len(self.ignored) > 8)}")
+            lines.append(f"  ignored {listing(self.ignored)}")
         if self.missing:
-            lines.append(f"  not in the file {len(self.missing)}: {', '.join(self.missing[:8])}{' ...' * (len(self.missing) > 8)}")
+            lines.append(f"  not in the file {listing(self.missing)}")
         return "\n".join(lines)
 
 
@@ -252,8 +255,8 @@ def load_backbone_by_position(backbone: Backbone, state_dict: dict[str, torch.Te
                 )
             target.copy_(value)
             used.append(name)
-    ignored = [k for k, _ in values[len(targets):]]
-    missing = [n for n, _ in targets[len(values):]]
+    ignored = [k for k, _ in values[len(targets) :]]
+    missing = [n for n, _ in targets[len(values) :]]
     return LoadReport(source, used, ignored, missing)
 
 
