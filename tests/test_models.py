@@ -1,0 +1,130 @@
+"""The four generators: shapes, gradient routing, BatchNorm statistics, the CAM baseline."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bas.backbones import ARCHS
+from WSOL.models import BASGenerator, CAMBaseline, build_model
+
+NUM_CLASSES = 6
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def model(request):
+    return build_model(request.param, NUM_CLASSES)
+
+
+def fresh(model):
+    """An independent copy, so that tests do not see each other's gradients or statistics."""
+    return copy.deepcopy(model).train()
+
+
+@torch.no_grad()
+def test_shapes_at_224(model):
+    model = fresh(model).eval()
+    images, labels = torch.randn(2, 3, 224, 224), torch.tensor([1, 5])
+    features, class_map = model.features_and_class_map(images)
+    assert features.shape[-2:] == (28, 28) and class_map.shape == (2, NUM_CLASSES, 14, 14)
+    out = model(images, labels)
+    assert out.score.shape == out.score_fg.shape == (2, NUM_CLASSES)
+    assert out.bas.shape == out.area.shape == (2,)
+    assert out.fg_map.shape == (2, 1, 28, 28)
+    score, fg_map = model.localize(images, labels)
+    assert torch.allclose(score, out.score) and torch.allclose(fg_map, out.fg_map)
+    assert model.localize(images, topk=3)[1].shape == (2, 1, 28, 28)
+
+
+@torch.no_grad()
+def test_localize_topk_is_mean_of_top_classes(model):
+    model = fresh(model).eval()
+    images = torch.randn(2, 3, 64, 64)
+    score, fg_map = model.localize(images, topk=NUM_CLASSES)
+    all_maps = model.classifier_loc(model.head(images))  # B x C x h x w
+    assert torch.allclose(fg_map, all_maps.mean(1, keepdim=True), atol=1e-6)
+    with pytest.raises(ValueError, match="GT-known"):
+        model.localize(images)
+
+
+def grads(module):
+    """Parameter name -> whether it received a non-zero gradient."""
+    return {name: p.grad is not None and bool(p.grad.abs().sum() > 0) for name, p in module.named_parameters()}
+
+
+def unsaturated_output(model, images, labels):
+    """A training forward where the bas ratio is not saturated for some sample, so that
+    its gradient can flow: shift the class logits up so that S and S_bg are positive."""
+    with torch.no_grad():
+        model.classifier_cls[-1].bias.fill_(10.0)
+    out = model(images, labels)
+    assert ((out.bas > 0) & (out.bas < 1)).any(), "precondition: some bas entry in the ratio regime"
+    return out
+
+
+def test_bas_term_reaches_loc_head_and_head_only(model):
+    model = fresh(model)
+    images, labels = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    out = unsaturated_output(model, images, labels)
+    out.bas.sum().backward()
+    assert all(grads(model.classifier_loc).values())
+    assert any(grads(model.head).values()), "bas must reach the head through the tap features"
+    assert not any(grads(model.tail).values()), "no gradient may reach the tail's weights"
+    assert not any(grads(model.classifier_cls).values())
+
+
+def test_cross_entropy_reaches_whole_backbone(model):
+    model = fresh(model)
+    images, labels = torch.randn(2, 3, 64, 64), torch.tensor([0, 4])
+    torch.nn.functional.cross_entropy(model(images, labels).score, labels).backward()
+    for part in (model.head, model.tail, model.classifier_cls):
+        dead = [name for name, ok in grads(part).items() if not ok]
+        assert not dead, f"no gradient for {dead[:5]}"
+    assert not any(grads(model.classifier_loc).values())
+
+
+def test_foreground_cross_entropy_reaches_loc_head(model):
+    model = fresh(model)
+    images, labels = torch.randn(2, 3, 64, 64), torch.tensor([0, 4])
+    torch.nn.functional.cross_entropy(model(images, labels).score_fg, labels).backward()
+    assert all(grads(model.classifier_loc).values())
+    assert all(grads(model.classifier_cls).values())
+
+
+def test_frozen_pass_leaves_running_statistics(model):
+    model = fresh(model)
+    reference = copy.deepcopy(model)
+    images, labels = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    model(images, labels)  # the real pass and the frozen pass
+    reference.features_and_class_map(images)  # the real pass alone
+    for (name, value), expected in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(value, expected), f"{name} differs: the frozen pass touched it"
+
+
+def test_cam_baseline_trains_with_class_map_only():
+    model = build_model("mobilenet", NUM_CLASSES, method="cam")
+    assert isinstance(model, CAMBaseline) and not hasattr(model, "classifier_loc")
+    images, labels = torch.randn(2, 3, 64, 64), torch.tensor([2, 3])
+    out = model(images, labels)
+    assert out.bas is None and out.score_fg is None and out.area is None
+    _, class_map = model.features_and_class_map(images)
+    assert torch.allclose(out.fg_map[:, 0], class_map[[0, 1], [2, 3]])
+    score, cam = model.eval().localize(images, labels)
+    assert cam.shape == (2, 1, 4, 4) and score.shape == (2, NUM_CLASSES)
+
+
+def test_build_model_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown arch"):
+        build_model("alexnet", 3)
+    with pytest.raises(ValueError, match="unknown method"):
+        build_model("vgg", 3, method="acol")
+    assert isinstance(build_model("mobilenet", 3), BASGenerator)
+
+
+def test_packages_import_from_any_folder(tmp_path):
+    code = "import bas.amc, WSOL.models; print(WSOL.models.build_model.__name__)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "build_model"
