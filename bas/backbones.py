@@ -11,6 +11,7 @@ maps onto them by name. MobileNetV1 uses the original BAS layout (``model.N``).
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tvm
 from torchvision.models import inception as tv_inception
+
+log = logging.getLogger(__name__)
 
 ARCHS = ("vgg", "resnet", "inception", "mobilenet")
 
@@ -279,6 +282,10 @@ def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
                 "--pretrained path/to/mobilenet_v1_with_relu_69_5.pth, or `pip install timm` "
                 "to use timm's mobilenetv1_100"
             ) from None
+        log.warning(
+            "MobileNetV1 ImageNet weights from timm's mobilenetv1_100: same shapes, but trained "
+            "with ReLU6; the paper used mobilenet_v1_with_relu_69_5.pth (pass it by path)"
+        )
         return timm.create_model("mobilenetv1_100", pretrained=True).state_dict()
     return tvm.get_weight(IMAGENET_WEIGHTS[arch]).get_state_dict(progress=True)
 
