@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 from bas.amc import GeneratorOutput, activation_map_constraint, global_average, mean_class_map, pick
-from bas.backbones import ARCHS, Backbone, build_backbone, load_imagenet_weights
+from bas.backbones import Backbone, build_backbone, load_imagenet_weights
 
 log = logging.getLogger(__name__)
 
 # Value of the bas term where S_bg > S: it carries no gradient, only the logged loss
 # differs (BAS_SPEC section 2, step 6).
-SATURATED_BAS = {"vgg": 0.0, "resnet": 1.0, "inception": 1.0, "mobilenet": 1.0}
+SATURATED_BAS = {"vgg": 0.0, "resnet": 1.0, "inception": 1.0, "mobilenet": 1.0, "tiny": 1.0}
 
 
 def _conv(inp: int, out: int, kernel: int) -> nn.Conv2d:
@@ -38,12 +38,13 @@ class Generator(nn.Module):
         self.translate_key = backbone.translate_key
         self.head = backbone.head
         self.tail = backbone.tail
+        width = backbone.classifier_width
         self.classifier_cls = nn.Sequential(
-            _conv(backbone.tail_channels, 1024, 3),
+            _conv(backbone.tail_channels, width, 3),
             nn.ReLU(inplace=True),
-            _conv(1024, 1024, 3),
+            _conv(width, width, 3),
             nn.ReLU(inplace=True),
-            _conv(1024, num_classes, 1),
+            _conv(width, num_classes, 1),
         )
 
     def features_and_class_map(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,14 +122,12 @@ def _init_weights(model: nn.Module, arch: str) -> None:
 
 
 def build_model(arch: str, num_classes: int, pretrained: str | None = None, method: str = "bas") -> Generator:
-    """A generator for ``arch`` in vgg/resnet/inception/mobilenet.
+    """A generator for ``arch`` in vgg/resnet/inception/mobilenet (or ``tiny``, the demo's).
 
     pretrained: None (random init), "imagenet" (torchvision weights, downloaded into
     the torch cache) or a path to a torchvision-format state dict (for MobileNetV1 the
     classic positional ``mobilenet_v1_with_relu_69_5.pth``).
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     backbone = build_backbone(arch)

@@ -39,6 +39,7 @@ class Backbone:
     # Maps a key of a foreign state dict (torchvision's, or the original BAS
     # checkpoints') to the key inside head/tail; None means "not a backbone key".
     translate_key: Callable[[str], str | None] = field(repr=False)
+    classifier_width: int = 1024  # hidden channels of classifier_cls
 
 
 # ----------------------------------------------------------------------------- VGG16
@@ -183,17 +184,32 @@ def mobilenet_v1() -> Backbone:
     return Backbone(layers[:12], layers[12:], 512, 1024, _translate_mobilenet)
 
 
+# ------------------------------------------------------------------------------ tiny
+def _conv_bn_relu(inp: int, out: int) -> list[nn.Module]:
+    return [nn.Conv2d(inp, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+
+
+def tiny() -> Backbone:
+    """A small CNN for the synthetic demo, fast on a CPU: tap at stride 4, tail = max-pool
+    (the classifier's two 3x3 convs and 1x1 class conv complete it)."""
+    head = nn.Sequential(
+        *_conv_bn_relu(3, 16), nn.MaxPool2d(2), *_conv_bn_relu(16, 32), nn.MaxPool2d(2), *_conv_bn_relu(32, 64)
+    )
+    return Backbone(head, nn.Sequential(nn.MaxPool2d(2)), 64, 64, lambda key: key, classifier_width=64)
+
+
 BUILDERS: dict[str, Callable[[], Backbone]] = {
     "vgg": vgg16,
     "resnet": resnet50,
     "inception": inception_v3,
     "mobilenet": mobilenet_v1,
+    "tiny": tiny,
 }
 
 
 def build_backbone(arch: str) -> Backbone:
     if arch not in BUILDERS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(BUILDERS)}")
     return BUILDERS[arch]()
 
 
@@ -287,6 +303,8 @@ def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
             "with ReLU6; the paper used mobilenet_v1_with_relu_69_5.pth (pass it by path)"
         )
         return timm.create_model("mobilenetv1_100", pretrained=True).state_dict()
+    if arch not in IMAGENET_WEIGHTS:
+        raise ValueError(f"there are no ImageNet weights for {arch!r}")
     return tvm.get_weight(IMAGENET_WEIGHTS[arch]).get_state_dict(progress=True)
 
 

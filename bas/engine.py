@@ -1,0 +1,158 @@
+"""Training plumbing shared by the WSOL and WSSS scripts.
+
+Optimizer groups and the step schedule of the paper, device and precision choice,
+seeding that makes a resumed run repeat an uninterrupted one, atomic checkpoints, and
+a JSON-lines log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+# ----------------------------------------------------------------------- optimization
+def param_groups(model: nn.Module, lr: float) -> list[dict]:
+    """The original's four groups: backbone weights 1x, backbone biases 2x, ``classifier*``
+    weights 10x, ``classifier*`` biases 20x the base learning rate."""
+    groups = {(False, "weight"): [], (False, "bias"): [], (True, "weight"): [], (True, "bias"): []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        kind = "bias" if name.endswith("bias") else "weight"
+        groups[("classifier" in name, kind)].append(param)
+    multipliers = {(False, "weight"): 1, (False, "bias"): 2, (True, "weight"): 10, (True, "bias"): 20}
+    return [
+        {"params": params, "lr": lr * multipliers[key], "lr_multiplier": multipliers[key]}
+        for key, params in groups.items()
+        if params
+    ]
+
+
+def sgd(model: nn.Module, lr: float, weight_decay: float = 5e-4, momentum: float = 0.9) -> torch.optim.SGD:
+    """SGD with Nesterov momentum over the four learning-rate groups."""
+    return torch.optim.SGD(param_groups(model, lr), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+
+
+def set_step_lr(optimizer: torch.optim.Optimizer, base_lr: float, epoch: int, decay_epoch: int, rate: float = 0.1):
+    """lr x ``rate`` at every multiple of ``decay_epoch`` (epochs counted from 0).
+
+    Computed from the epoch, not accumulated, so that a resumed run gets the same rate.
+    """
+    factor = rate ** (epoch // decay_epoch) if decay_epoch > 0 else 1.0
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr * group["lr_multiplier"] * factor
+
+
+# ------------------------------------------------------------------ device, precision
+def pick_device(name: str | None = None) -> torch.device:
+    """The device asked for, else CUDA when present, else the CPU."""
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, amp: str | None):
+    """Mixed precision for the forward pass; ``None`` keeps fp32 (exact reproduction)."""
+    if amp is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A seed per epoch: shuffling and augmentation of epoch e do not depend on what ran
+    before it, so a run resumed at epoch e repeats the uninterrupted run exactly."""
+    return seed * 10_000 + epoch
+
+
+# ------------------------------------------------------------------------ checkpoints
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """torch.save into a temporary file beside ``path``, then rename: a crash never
+    leaves a half-written checkpoint under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------- logging
+class JsonLines:
+    """Appends one JSON object per line (one per epoch), flushed at once."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, default=_jsonable) + "\n")
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.generic, torch.Tensor)):
+        return value.tolist() if getattr(value, "ndim", 0) else value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+class Average:
+    """Running mean of a scalar, weighted by the number of samples."""
+
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.total += float(value) * n
+        self.count += n
+
+    @property
+    def mean(self) -> float:
+        return self.total / max(self.count, 1)
