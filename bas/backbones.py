@@ -99,9 +99,10 @@ class _InceptionBStride1(tv_inception.InceptionB):
             conv.stride, conv.padding = (1, 1), (1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch3x3 = self.branch3x3(x)
         branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
         pool = F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
-        return torch.cat([self.branch3x3(x), branch3x3dbl, pool], 1)
+        return torch.cat([branch3x3, branch3x3dbl, pool], 1)
 
 
 class _InceptionDPadded(tv_inception.InceptionD):
