@@ -155,23 +155,30 @@ def convert_original_state_dict(model: Generator, state_dict: dict[str, torch.Te
     return converted
 
 
-def load_checkpoint(model: Generator, path: str | Path, strict: bool = True) -> dict:
-    """Load our checkpoints or the original release (``{'model': state_dict}``, keys
-    possibly ``module.``-prefixed) into ``model``; returns the checkpoint's other entries."""
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint file as a dict: ``{'model': state_dict, ...}`` (a bare state dict is wrapped)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state_dict, dict):
+    if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: expected a state dict or {{'model': state_dict}}, got {type(checkpoint).__name__}")
-    state_dict = _strip_module_prefix(state_dict)
+    return checkpoint if isinstance(checkpoint.get("model"), dict) else {"model": checkpoint}
+
+
+def load_checkpoint(model: Generator, checkpoint: str | Path | dict, strict: bool = True) -> dict:
+    """Load our checkpoints or the original release (``{'model': state_dict}``, keys
+    possibly ``module.``-prefixed) into ``model``; returns the checkpoint's other entries."""
+    source = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
+    if not isinstance(checkpoint, dict):
+        checkpoint = read_checkpoint(checkpoint)
+    state_dict = _strip_module_prefix(checkpoint["model"])
     if not any(k.startswith(("head.", "tail.")) for k in state_dict):
         state_dict = convert_original_state_dict(model, state_dict)
     result = model.load_state_dict(state_dict, strict=False)
     if strict and (result.missing_keys or result.unexpected_keys):
         raise ValueError(
-            f"{path} does not fit the {model.arch} {type(model).__name__}: "
+            f"{source} does not fit the {model.arch} {type(model).__name__}: "
             f"missing {result.missing_keys}, unexpected {result.unexpected_keys}"
         )
-    return {k: v for k, v in checkpoint.items() if k != "model"} if "model" in checkpoint else {}
+    return {k: v for k, v in checkpoint.items() if k != "model"}

@@ -43,14 +43,16 @@ def sgd(model: nn.Module, lr: float, weight_decay: float = 5e-4, momentum: float
     return torch.optim.SGD(param_groups(model, lr), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
 
 
-def set_step_lr(optimizer: torch.optim.Optimizer, base_lr: float, epoch: int, decay_epoch: int, rate: float = 0.1):
-    """lr x ``rate`` at every multiple of ``decay_epoch`` (epochs counted from 0).
-
-    Computed from the epoch, not accumulated, so that a resumed run gets the same rate.
-    """
-    factor = rate ** (epoch // decay_epoch) if decay_epoch > 0 else 1.0
+def set_step_lr(
+    optimizer: torch.optim.Optimizer, base_lr: float, epoch: int, decay_epoch: int, rate: float = 0.1
+) -> float:
+    """lr x ``rate`` at every multiple of ``decay_epoch`` (epochs counted from 0); returns
+    the base group's lr. Computed from the epoch, not accumulated, so that a resumed run
+    gets the same rate."""
+    lr = base_lr * rate ** (epoch // decay_epoch) if decay_epoch > 0 else base_lr
     for group in optimizer.param_groups:
-        group["lr"] = base_lr * group["lr_multiplier"] * factor
+        group["lr"] = lr * group["lr_multiplier"]
+    return lr
 
 
 # ------------------------------------------------------------------ device, precision
@@ -100,21 +102,6 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         raise
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # ---------------------------------------------------------------------------- logging
 class JsonLines:
     """Appends one JSON object per line (one per epoch), flushed at once."""
@@ -126,6 +113,11 @@ class JsonLines:
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record, default=_jsonable) + "\n")
+
+    def keep(self, predicate) -> None:
+        """Drop the records ``predicate`` rejects (e.g. epochs after the one resumed from)."""
+        kept = [record for record in self.records() if predicate(record)]
+        self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
 
     def records(self) -> list[dict]:
         if not self.path.exists():
