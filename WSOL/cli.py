@@ -1,0 +1,111 @@
+"""What train.py, evaluator.py and count_pxap.py share: dataset arguments and their
+resolution into samples, presets, and building a model from a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from bas.engine import pick_device
+from WSOL import datasets
+from WSOL.models import Generator, build_model, load_checkpoint, read_checkpoint
+from WSOL.presets import DEFAULT_ARCH, PRESETS, Preset, preset
+from WSOL.synthetic import PARAMS_FILE, make_synthetic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIRS = {
+    "CUB": "data/CUB_200_2011",
+    "ILSVRC": "data/ILSVRC",
+    "OpenImages": "data/OpenImages",
+    "Synthetic": "data/Synthetic",
+}
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--root",
+        default="Synthetic",
+        choices=list(PRESETS),
+        help="dataset; Synthetic (the default) is a small demo set written on first use in the CUB release format",
+    )
+    group.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where the dataset lies: the CUB_200_2011 release folder, the ILSVRC or OpenImages root "
+        "(default: data/<root> under the current folder)",
+    )
+    group.add_argument(
+        "--metadata",
+        type=Path,
+        help="a wsolevaluation metadata folder (metadata/<DS>, holding train/ val/ test/); "
+        "needed for ILSVRC evaluation and OpenImages, optional for CUB",
+    )
+    group.add_argument("--workers", type=int, default=4, help="data loader processes")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--arch",
+        choices=["vgg", "resnet", "inception", "mobilenet", "tiny"],
+        help="generator backbone (default: mobilenet on CUB, resnet on ILSVRC/OpenImages, tiny on Synthetic)",
+    )
+    group.add_argument(
+        "--method", choices=["bas", "cam"], help="bas (default), or the plain CAM baseline (same net, CE only)"
+    )
+    group.add_argument("--num-classes", type=int, help="default: the dataset's")
+
+
+def resolve_preset(args: argparse.Namespace) -> Preset:
+    """Fills ``args.arch``, ``args.data_dir`` and ``args.num_classes`` from the dataset."""
+    args.arch = args.arch or DEFAULT_ARCH[args.root]
+    args.data_dir = Path(args.data_dir or DEFAULT_DATA_DIRS[args.root])
+    values = preset(args.root, args.arch)
+    args.num_classes = args.num_classes or values.num_classes
+    return values
+
+
+def load_samples(args: argparse.Namespace, split: str) -> list[datasets.Sample]:
+    """The samples of ``split`` ('train', 'val' or 'test') of ``args.root``."""
+    if args.root == "Synthetic" and not (args.data_dir / PARAMS_FILE).is_file():
+        make_synthetic(args.data_dir)  # first use: written once, in the CUB release format
+    if args.metadata is not None:
+        return datasets.wsol_metadata(args.metadata / split, args.data_dir)
+    if args.root in ("CUB", "Synthetic"):
+        return datasets.cub_release(args.data_dir, split)
+    if args.root == "ILSVRC" and split == "train":
+        return datasets.class_folders(args.data_dir / "train")
+    raise datasets.DatasetError(
+        f"{args.root} {split}: pass --metadata <wsolevaluation metadata/{args.root}> "
+        "(folders train/ val/ test/ with image_ids.txt, class_labels.txt, image_sizes.txt, localization.txt)"
+    )
+
+
+def model_for_evaluation(args: argparse.Namespace) -> tuple[Generator, dict, Preset, torch.device]:
+    """The model of ``args.checkpoint`` (default: the demo's best) on its device, the
+    checkpoint's other entries, and the preset filled in from what the checkpoint records."""
+    if args.checkpoint is None:
+        resolve_preset(args)
+        args.checkpoint = Path("logs") / args.root / f"{args.arch}_{args.method or 'bas'}" / "best_loc.pth"
+    model, extra = model_from_checkpoint(args.checkpoint, args)
+    values = resolve_preset(args)
+    device = pick_device(args.device)
+    return model.to(device), extra, values, device
+
+
+def model_from_checkpoint(path: Path, args: argparse.Namespace) -> tuple[Generator, dict]:
+    """Build the model a checkpoint needs (ours record arch, method and classes; the original
+    release's need --arch) and load it. Returns the model and the checkpoint's other entries."""
+    checkpoint = read_checkpoint(path)
+    for key in ("arch", "method", "num_classes"):
+        if key in checkpoint and getattr(args, key, None) is None:
+            setattr(args, key, checkpoint[key])
+    model = build_model(args.arch, args.num_classes, method=args.method or "bas")
+    extra = load_checkpoint(model, checkpoint)
+    log.info("loaded %s (epoch %s)", path, extra.get("epoch", "?"))
+    return model, extra

@@ -1,0 +1,105 @@
+"""Pixel-level localization: PxAP and PIoU (wsolevaluation's PxAP; the original's PIoU)
+of a trained generator, or of any method's saved maps (--maps).
+
+    python count_pxap.py                                  # the demo (CUB-format masks in segmentations/)
+    python count_pxap.py --root OpenImages --data-dir /data/OpenImages --metadata metadata/OpenImages \\
+        --checkpoint resnet_openimages.pth.tar --arch resnet
+    python count_pxap.py --maps scoremaps/ --metadata metadata/OpenImages --data-dir /data/OpenImages
+
+Maps are computed on the whole image resized to the crop size (no center crop), so that
+they align with the masks; writes metrics.json to --output-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from WSOL import metrics
+from WSOL.cli import add_data_arguments, add_model_arguments, load_samples, model_for_evaluation
+from WSOL.datasets import ImageDataset, Sample, test_transform
+from WSOL.inference import predict, saved_map_batches
+
+log = logging.getLogger("count_pxap")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    add_data_arguments(parser)
+    add_model_arguments(parser)
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--checkpoint", type=Path, help="default: logs/<root>/<arch>_<method>/best_loc.pth")
+    group.add_argument("--split", default="test")
+    group.add_argument("--topk", type=int, help="maps averaged over the top-k classes (default: the preset's)")
+    group.add_argument("--maps", type=Path, help="score saved maps DIR/<image_id>.npy instead of a model")
+    group.add_argument("--output-dir", type=Path, help="default: beside the checkpoint (or the maps)")
+    group.add_argument("--batch-size", type=int, default=64)
+    group.add_argument("--device", help="default: cuda when present, else cpu")
+    group.add_argument("--amp", choices=["bf16", "fp16"])
+    group.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def histograms(batches: Iterator[tuple[list[Sample], np.ndarray]], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Score histograms over GT-foreground and GT-background pixels, summed over batches
+    of (samples, raw maps)."""
+    fg_hist = bg_hist = 0
+    for samples, maps in batches:
+        resized = metrics.resize_maps(metrics.normalize_minmax(maps), size)  # B x size x size
+        masks = [metrics.load_mask(s.mask_paths, s.ignore_path, size) for s in samples]
+        fg = np.stack([m[0] for m in masks])
+        ignore = np.stack([m[1] for m in masks])
+        f, b = metrics.pixel_histograms(resized, fg, ignore)
+        fg_hist, bg_hist = fg_hist + f, bg_hist + b
+    return fg_hist, bg_hist
+
+
+def model_batches(args: argparse.Namespace, model, values, device, samples: list[Sample]):
+    loader = DataLoader(
+        ImageDataset(samples, test_transform(values.crop, values.crop)),
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+    )
+    for batch in predict(model, loader, device, args.topk or values.topk, args.amp, not args.no_progress):
+        yield [samples[i] for i in batch.indices], batch.maps
+
+
+def with_masks(samples: list[Sample], args: argparse.Namespace) -> list[Sample]:
+    samples = [s for s in samples if s.mask_paths]
+    if not samples:
+        raise SystemExit(f"no {args.split} image of {args.root} has a mask: PxAP needs masks (segmentations/)")
+    return samples
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = get_args_parser().parse_args()
+    if args.maps is not None:
+        args.data_dir = args.data_dir or Path(".")
+        samples = with_masks(load_samples(args, args.split), args)
+        batches, size = saved_map_batches(args.maps, samples, 224), 224
+        args.output_dir = args.output_dir or args.maps
+    else:
+        model, _, values, device = model_for_evaluation(args)
+        samples = with_masks(load_samples(args, args.split), args)
+        batches, size = model_batches(args, model, values, device, samples), values.crop
+        args.output_dir = args.output_dir or args.checkpoint.parent / f"eval_{args.split}"
+    fg_hist, bg_hist = histograms(batches, size)
+    report = {"images": len(samples), "PxAP": metrics.pxap(fg_hist, bg_hist), "PIoU": metrics.piou(fg_hist, bg_hist)}
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "metrics_pxap.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        f"{'images':<8}{report['images']:>10d}\n{'PxAP':<8}{report['PxAP']:>10.2f}\n{'PIoU':<8}{report['PIoU']:>10.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

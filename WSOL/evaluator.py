@@ -1,0 +1,185 @@
+"""Localization accuracy of a trained generator: Top-1 / Top-5 / GT-known Loc (the
+original protocol) and MaxBoxAccV2 (wsolevaluation), from our checkpoints or the
+original release's; or of any method's saved maps (--maps).
+
+    python evaluator.py                                   # the demo's best checkpoint
+    python evaluator.py --root CUB --data-dir /data/CUB_200_2011 --arch resnet --checkpoint resnet_cub.pth.tar
+    python evaluator.py --maps scoremaps/ --metadata metadata/CUB --data-dir /data/CUB_200_2011
+
+Writes metrics.json (and, when asked, overlays and maps) to --output-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from bas.viz import overlay, save_rgb
+from WSOL import metrics
+from WSOL.cli import add_data_arguments, add_model_arguments, load_samples, model_for_evaluation
+from WSOL.datasets import ImageDataset, Sample, ten_crop_transform, test_transform
+from WSOL.inference import Batch, box_results, image_size, maxboxacc_counts, predict, save_maps, saved_map_batches
+
+log = logging.getLogger("evaluator")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    add_data_arguments(parser)
+    add_model_arguments(parser)
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--checkpoint", type=Path, help="default: logs/<root>/<arch>_<method>/best_loc.pth")
+    group.add_argument("--split", default="test")
+    group.add_argument(
+        "--threshold", type=float, nargs="+", help="CAM thresholds (default: the checkpoint's best, else the preset)"
+    )
+    group.add_argument("--topk", type=int, help="maps averaged over the top-k classes (default: the preset's)")
+    group.add_argument("--tencrop", action="store_true", help="classify with the mean softmax of ten crops")
+    group.add_argument(
+        "--inclusive-box",
+        action="store_true",
+        help="score the predicted box with its last pixel as max (corrected); the original uses one past it",
+    )
+    group.add_argument("--no-maxboxacc", action="store_true", help="skip MaxBoxAccV2 (a second pass, uncropped)")
+    group.add_argument("--maps", type=Path, help="score saved maps DIR/<image_id>.npy instead of a model")
+    group = parser.add_argument_group("output")
+    group.add_argument("--output-dir", type=Path, help="default: beside the checkpoint (or the maps)")
+    group.add_argument("--save-images", type=int, default=0, metavar="N", help="write N heat-map overlays")
+    group.add_argument("--save-maps", type=Path, metavar="DIR", help="write our maps as DIR/<image_id>.npy")
+    group.add_argument("--batch-size", type=int, default=64)
+    group.add_argument("--device", help="default: cuda when present, else cpu")
+    group.add_argument("--amp", choices=["bf16", "fp16"])
+    group.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+class OverlayWriter:
+    """Writes the first N images of the test set with their map, predicted box (green)
+    and GT boxes (red), in the center-crop frame the boxes are scored in."""
+
+    def __init__(self, samples: list[Sample], count: int, directory: Path, resize: int, crop: int) -> None:
+        self.samples, self.remaining, self.directory = samples, count, directory
+        self.resize, self.crop = resize, crop
+
+    def __call__(self, batch: Batch, boxes: np.ndarray) -> None:
+        maps = metrics.resize_maps(metrics.normalize_minmax(batch.maps), self.crop)
+        for row, index in enumerate(batch.indices[: self.remaining]):
+            sample = self.samples[index]
+            with Image.open(sample.path) as image:
+                image = np.asarray(image.convert("RGB").resize((self.resize, self.resize), Image.BILINEAR))
+            shift = (self.resize - self.crop) // 2
+            image = np.ascontiguousarray(image[shift : shift + self.crop, shift : shift + self.crop])
+            gt = metrics.boxes_in_crop(sample.boxes, image_size(sample), self.resize, self.crop)
+            name = Path(sample.image_id).with_suffix(".png").name
+            save_rgb(self.directory / name, overlay(image, maps[row], boxes[row, 0], gt))
+        self.remaining = max(0, self.remaining - len(batch.indices))
+
+
+def evaluate_model(args: argparse.Namespace) -> dict:
+    model, extra, values, device = model_for_evaluation(args)
+    args.threshold = args.threshold or [extra.get("best_thr") or values.threshold]
+    args.topk = args.topk or values.topk
+    args.output_dir = args.output_dir or args.checkpoint.parent / f"eval_{args.split}"
+    samples = load_samples(args, args.split)
+    progress = not args.no_progress
+
+    def loader(transform) -> DataLoader:
+        return DataLoader(ImageDataset(samples, transform), batch_size=args.batch_size, num_workers=args.workers)
+
+    crop_transform = test_transform(values.resize, values.crop)
+    if args.tencrop:
+        tencrop = ten_crop_transform(values.resize, values.crop)
+        crop_transform = _Both(crop_transform, tencrop)
+    writer = OverlayWriter(samples, args.save_images, args.output_dir / "images", values.resize, values.crop)
+    batches = predict(model, loader(crop_transform), device, args.topk, args.amp, progress)
+    results = box_results(batches, samples, args.threshold, values.resize, values.crop, args.inclusive_box, writer)
+    report = {"checkpoint": str(args.checkpoint), "split": args.split, **results.summary(args.threshold)}
+
+    if not args.no_maxboxacc or args.save_maps:
+        uncropped = predict(
+            model, loader(test_transform(values.crop, values.crop)), device, args.topk, args.amp, progress
+        )
+        if args.save_maps:
+            uncropped = _saving(uncropped, samples, args.save_maps)
+        counts = maxboxacc_counts(uncropped, samples, values.crop)
+        if not args.no_maxboxacc:
+            report.update(metrics.maxboxacc_from_counts(counts, len(samples)))
+    return report
+
+
+class _Both:
+    """Center crop and ten crops of one image (ten-crop classification)."""
+
+    def __init__(self, center, tencrop) -> None:
+        self.center, self.tencrop = center, tencrop
+
+    def __call__(self, image):
+        return self.center(image), self.tencrop(image)
+
+
+def _saving(batches, samples, directory):
+    for batch in batches:
+        save_maps(batch, samples, directory)
+        yield batch
+
+
+def evaluate_saved_maps(args: argparse.Namespace) -> dict:
+    """MaxBoxAccV2, and GT-known Loc at --threshold, of saved maps against wsolevaluation
+    metadata (GT boxes resized to 224 x 224, as wsolevaluation)."""
+    if args.metadata is None:
+        raise SystemExit("--maps needs --metadata <wsolevaluation metadata/<DS>>")
+    args.data_dir = args.data_dir or Path(".")
+    args.output_dir = args.output_dir or args.maps
+    thresholds = args.threshold or [0.5]
+    samples = load_samples(args, args.split)
+    best_iou, counts = [], 0
+    for chunk, maps in saved_map_batches(args.maps, samples, metrics.CROP):
+        gt = [metrics.boxes_resized(s.boxes, image_size(s), metrics.CROP) for s in chunk]
+        best_iou.append(metrics.original_protocol_ious(maps, gt, thresholds, size=metrics.CROP)[0])
+        counts = counts + metrics.maxboxacc_correct(maps, gt, size=metrics.CROP).sum(0)
+    gt_known = 100.0 * (np.concatenate(best_iou) >= 0.5).mean(0)
+    best = int(np.argmax(gt_known))
+    report = {"maps": str(args.maps), "split": args.split, "images": len(samples)}
+    report.update(gt_known=float(gt_known[best]), threshold=float(thresholds[best]))
+    return {**report, **metrics.maxboxacc_from_counts(counts, len(samples))}
+
+
+def print_table(report: dict) -> None:
+    rows = [
+        ("images", "images", "{:d}"),
+        ("cls top-1", "cls_top1", "{:.2f}"),
+        ("cls top-5", "cls_top5", "{:.2f}"),
+        ("top-1 loc", "top1_loc", "{:.2f}"),
+        ("top-5 loc", "top5_loc", "{:.2f}"),
+        ("GT-known loc", "gt_known", "{:.2f}"),
+        ("CAM threshold", "threshold", "{:g}"),
+        ("MaxBoxAccV2", "MaxBoxAccV2", "{:.2f}"),
+        ("  IoU 30 / 50 / 70", "IoU30", None),
+    ]
+    for name, key, fmt in rows:
+        if key not in report:
+            continue
+        value = fmt.format(report[key]) if fmt else " / ".join(f"{report[f'IoU{t}']:.2f}" for t in (30, 50, 70))
+        print(f"{name:<20} {value:>20}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = get_args_parser().parse_args()
+    report = evaluate_saved_maps(args) if args.maps else evaluate_model(args)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"metrics written to {args.output_dir / 'metrics.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Run a generator over a test set: class predictions and localization maps per image,
+scored with ``WSOL.metrics``. Shared by train.py (model selection) and evaluator.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from bas.amc import global_average
+from bas.engine import autocast
+from WSOL import metrics
+from WSOL.datasets import DatasetError, Sample
+from WSOL.models import Generator
+
+
+@dataclass
+class Batch:
+    indices: np.ndarray  # B, positions in the sample list
+    labels: np.ndarray  # B
+    probs: torch.Tensor  # B x C class probabilities (ten-crop averaged when asked)
+    maps: np.ndarray  # B x h x w raw localization maps (28x28 at 224)
+
+
+@torch.inference_mode()
+def predict(
+    model: Generator,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    topk: int,
+    amp: str | None = None,
+    progress: bool = True,
+) -> Iterator[Batch]:
+    """Maps of the GT class (topk=1) or of the top-k predicted classes, batch by batch.
+
+    When the loader yields (center crop, ten crops) pairs, the class probabilities are
+    the mean softmax of the ten crops (classification only, as in the original).
+    """
+    model.eval()
+    for images, labels, indices in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+        tencrop = None
+        if isinstance(images, (list, tuple)):
+            images, tencrop = images
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(device, amp):
+            score, maps = model.localize(images, labels if topk == 1 else None, topk)
+            probs = score.float().softmax(1)
+            if tencrop is not None:
+                b, n = tencrop.shape[:2]
+                crops = tencrop.to(device, non_blocking=True).flatten(0, 1)  # (B*10) x 3 x H x W
+                crop_scores = global_average(model.features_and_class_map(crops)[1])  # (B*10) x C
+                probs = crop_scores.float().softmax(1).view(b, n, -1).mean(1)
+        yield Batch(indices.numpy(), labels.cpu().numpy(), probs.cpu(), maps[:, 0].float().cpu().numpy())
+
+
+def image_size(sample: Sample) -> tuple[int, int]:
+    """(width, height): from the lists when they give it, else from the image header."""
+    if sample.size is not None:
+        return sample.size
+    with Image.open(sample.path) as image:
+        return image.size
+
+
+@dataclass
+class BoxResults:
+    """Per-image results of the original box protocol; rows gather across processes."""
+
+    indices: np.ndarray  # N
+    top1: np.ndarray  # N bool, class top-1 correct
+    top5: np.ndarray  # N bool
+    best_iou: np.ndarray  # N x T, best IoU over the image's GT boxes at each CAM threshold
+
+    @classmethod
+    def concatenate(cls, parts: list[BoxResults]) -> BoxResults:
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("indices", "top1", "top5", "best_iou")))
+
+    def summary(self, thresholds: list[float]) -> dict:
+        """Top-1 / Top-5 classification and localization in %, at the best threshold by
+        Top-1 Loc + GT-known (the original's choice), with every threshold's values."""
+        acc = metrics.localization_accuracy(self.best_iou, self.top1, self.top5)
+        best = int(np.argmax(acc["top1_loc"] + acc["gt_known"]))
+        return {
+            "images": int(len(self.indices)),
+            "cls_top1": 100.0 * float(self.top1.mean()),
+            "cls_top5": 100.0 * float(self.top5.mean()),
+            "threshold": float(thresholds[best]),
+            "top1_loc": float(acc["top1_loc"][best]),
+            "top5_loc": float(acc["top5_loc"][best]),
+            "gt_known": float(acc["gt_known"][best]),
+            "per_threshold": {
+                f"{t:g}": {k: float(acc[k][i]) for k in ("top1_loc", "top5_loc", "gt_known")}
+                for i, t in enumerate(thresholds)
+            },
+        }
+
+
+def box_results(
+    batches: Iterator[Batch],
+    samples: list[Sample],
+    thresholds: list[float],
+    resize: int,
+    crop: int,
+    inclusive: bool = False,
+    on_batch=None,
+) -> BoxResults:
+    """Scores every batch with the original protocol (GT boxes in the center-crop frame).
+
+    ``on_batch(batch, boxes)`` sees each batch with its predicted boxes (N x T x 4), e.g.
+    to write overlays, so the maps are not kept in memory.
+    """
+    parts = []
+    for batch in batches:
+        gt = [metrics.boxes_in_crop(samples[i].boxes, image_size(samples[i]), resize, crop) for i in batch.indices]
+        best_iou, boxes = metrics.original_protocol_ious(batch.maps, gt, thresholds, size=crop, inclusive=inclusive)
+        ranked = batch.probs.topk(min(5, batch.probs.shape[1]), dim=1).indices.numpy()
+        parts.append(
+            BoxResults(batch.indices, ranked[:, 0] == batch.labels, (ranked == batch.labels[:, None]).any(1), best_iou)
+        )
+        if on_batch is not None:
+            on_batch(batch, boxes)
+    return BoxResults.concatenate(parts)
+
+
+def maxboxacc_counts(batches: Iterator[Batch], samples: list[Sample], size: int) -> np.ndarray:
+    """MaxBoxAccV2 (wsolevaluation): per CAM threshold and IoU threshold, the number of
+    images localized; T x I counts sum across processes. Expects uncropped images."""
+    counts = None
+    for batch in batches:
+        gt = [metrics.boxes_resized(samples[i].boxes, image_size(samples[i]), size) for i in batch.indices]
+        correct = metrics.maxboxacc_correct(batch.maps, gt, size=size).sum(0)
+        counts = correct if counts is None else counts + correct
+    return counts
+
+
+def save_maps(batch: Batch, samples: list[Sample], directory: Path) -> None:
+    """wsolevaluation's layout: ``directory/<image_id>.npy``, image-sized, in [0, 1]."""
+    normalized = metrics.normalize_minmax(batch.maps)
+    for index, score_map in zip(batch.indices, normalized):
+        sample = samples[index]
+        path = directory / f"{sample.image_id}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, metrics.resize_maps(score_map[None], image_size(sample))[0])
+
+
+def saved_map_batches(
+    directory: Path, samples: list[Sample], size: int, batch: int = 64
+) -> Iterator[tuple[list[Sample], np.ndarray]]:
+    """Another method's maps, ``directory/<image_id>.npy``, resized to size x size
+    (bicubic, as wsolevaluation resizes maps) so that they stack: (samples, B x size x size)."""
+    for start in range(0, len(samples), batch):
+        chunk = samples[start : start + batch]
+        maps = []
+        for sample in chunk:
+            path = directory / f"{sample.image_id}.npy"
+            if not path.is_file():
+                raise DatasetError(f"{path}: no saved map for image {sample.image_id}")
+            maps.append(metrics.resize_maps(np.load(path)[None].astype(np.float32), size, cv2.INTER_CUBIC)[0])
+        yield chunk, np.stack(maps)

@@ -1,0 +1,238 @@
+"""Localization metrics, vectorized over thresholds (BAS_SPEC section 5).
+
+- The original BAS protocol: Top-1 / Top-5 / GT-known Loc from the box of the largest
+  connected component of the thresholded map, in the 224 center-crop frame.
+- MaxBoxAccV2 (wsolevaluation): boxes of all contours at 1,000 CAM thresholds, best
+  accuracy per IoU threshold (30, 50, 70), averaged.
+- PxAP and PIoU from score histograms over mask pixels.
+
+Functions take numpy arrays and return per-image results, so that results from several
+batches (or processes) are concatenated or summed before they are reduced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+CROP = 224
+# wsolevaluation's CAM thresholds (cam_curve_interval 0.001), built the same way.
+CAM_THRESHOLDS = np.array(list(np.arange(0, 1, 0.001)))
+IOU_THRESHOLDS = (30, 50, 70)
+
+
+# ------------------------------------------------------------------------- maps, boxes
+def normalize_minmax(maps: np.ndarray) -> np.ndarray:
+    """The original evaluator's normalization: (m - min) / (max - min + 1e-5) per map.
+    N x h x w -> N x h x w."""
+    low = maps.min(axis=(1, 2), keepdims=True)
+    high = maps.max(axis=(1, 2), keepdims=True)
+    return (maps - low) / (high - low + 1e-5)
+
+
+def resize_maps(maps: np.ndarray, size: int | tuple[int, int], interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """N x h x w -> N x H x W float32 with cv2; ``size`` is square or (width, height)."""
+    dsize = (size, size) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
+    return np.stack([cv2.resize(m.astype(np.float32), dsize, interpolation=interpolation) for m in maps])
+
+
+def boxes_in_crop(boxes: np.ndarray, image_size: tuple[int, int], resize: int = 256, crop: int = CROP) -> np.ndarray:
+    """GT boxes of the original protocol: scaled to resize x resize, shifted by the center
+    crop, clipped to [0, crop - 1], then truncated to int. k x 4 -> k x 4 int."""
+    width, height = image_size
+    shift = (resize - crop) // 2
+    scale = np.array([resize / width, resize / height] * 2)
+    shifted = np.asarray(boxes, dtype=np.float64) * scale - shift
+    clipped = np.concatenate([np.maximum(shifted[:, :2], 0), np.minimum(shifted[:, 2:], crop - 1)], axis=1)
+    return np.trunc(clipped).astype(np.int64)
+
+
+def boxes_resized(boxes: np.ndarray, image_size: tuple[int, int], size: int = CROP) -> np.ndarray:
+    """wsolevaluation's GT boxes: resized from the image to size x size, truncated."""
+    width, height = image_size
+    scale = np.array([size / width, size / height] * 2)
+    return np.trunc(np.asarray(boxes, dtype=np.float64) * scale).astype(np.int64)
+
+
+def box_iou(boxes: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
+    """IoU with the +1 pixel convention of the original: ... x 4, k x 4 -> ... x k.
+    A degenerate union (<= 0) gives 0, as in wsolevaluation."""
+    a, b = np.asarray(boxes, dtype=np.float64)[..., None, :], np.asarray(gt_boxes, dtype=np.float64)
+    width = np.maximum(0, np.minimum(a[..., 2], b[:, 2]) - np.maximum(a[..., 0], b[:, 0]) + 1)
+    height = np.maximum(0, np.minimum(a[..., 3], b[:, 3]) - np.maximum(a[..., 1], b[:, 1]) + 1)
+    inter = width * height
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    union = area_a + area_b - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+# ------------------------------------------------------------ the original BAS protocol
+def largest_component_box(binary: np.ndarray, inclusive: bool = False) -> np.ndarray:
+    """Box of the largest 8-connected component of a H x W bool map.
+
+    Ties go to the component met first in row-major order (Wu's scan labels components
+    in that order, as skimage does). The max is one past the last pixel, as skimage's
+    regionprops gives it, unless ``inclusive``; no foreground gives the whole map.
+    """
+    height, width = binary.shape
+    count, _, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
+        binary.astype(np.uint8), 8, cv2.CV_32S, cv2.CCL_WU
+    )
+    if count == 1:
+        return np.array([0, 0, width, height])
+    x, y, w, h, _ = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
+    end = 0 if inclusive else 1
+    return np.array([x, y, x + w - 1 + end, y + h - 1 + end])
+
+
+def largest_component_boxes(maps: np.ndarray, thresholds: Sequence[float], inclusive: bool = False) -> np.ndarray:
+    """N x H x W normalized maps, T thresholds (pixels > t) -> N x T x 4 boxes."""
+    return np.array([[largest_component_box(m > t, inclusive) for t in thresholds] for m in maps]).reshape(
+        len(maps), len(thresholds), 4
+    )
+
+
+def original_protocol_ious(
+    maps: np.ndarray, gt_boxes: list[np.ndarray], thresholds: Sequence[float], size: int = CROP, inclusive=False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw N x h x w maps and each image's GT boxes (crop frame) -> the best IoU over the GT
+    boxes (N x T) and the predicted boxes (N x T x 4), at each threshold."""
+    normalized = resize_maps(normalize_minmax(maps), size)
+    boxes = largest_component_boxes(normalized, thresholds, inclusive)
+    best = np.stack([box_iou(b, gt).max(-1) for b, gt in zip(boxes, gt_boxes)])
+    return best, boxes
+
+
+def localization_accuracy(
+    best_iou: np.ndarray, top1: np.ndarray, top5: np.ndarray, iou_threshold: float = 0.5
+) -> dict[str, np.ndarray]:
+    """N x T IoUs with N class hits -> Top-1 Loc, Top-5 Loc, GT-known Loc per threshold, in %."""
+    hit = best_iou >= iou_threshold
+    return {
+        "top1_loc": 100.0 * (hit & top1[:, None]).mean(0),
+        "top5_loc": 100.0 * (hit & top5[:, None]).mean(0),
+        "gt_known": 100.0 * hit.mean(0),
+    }
+
+
+# ---------------------------------------------------------------------- MaxBoxAccV2
+def normalize_scoremap(score_map: np.ndarray) -> np.ndarray:
+    """wsolevaluation's normalization: min-max to [0, 1]; a flat or NaN map becomes zeros."""
+    if np.isnan(score_map).any() or score_map.min() == score_map.max():
+        return np.zeros_like(score_map)
+    shifted = score_map - score_map.min()
+    return shifted / shifted.max()
+
+
+def contour_boxes(binary: np.ndarray, multi_contour: bool = True) -> np.ndarray:
+    """Boxes of the outer and inner contours (or the largest only) of a uint8 0/255 map,
+    x1 and y1 clipped to the last pixel; no contour gives [[0, 0, 0, 0]]."""
+    height, width = binary.shape
+    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+    if len(contours) == 0:
+        return np.zeros((1, 4), dtype=np.int64)
+    if not multi_contour:
+        contours = [max(contours, key=cv2.contourArea)]
+    rects = np.array([cv2.boundingRect(c) for c in contours])
+    x, y, w, h = rects.T
+    return np.stack([x, y, np.minimum(x + w, width - 1), np.minimum(y + h, height - 1)], axis=1)
+
+
+def maxboxacc_correct(
+    maps: np.ndarray,
+    gt_boxes: list[np.ndarray],
+    size: int = CROP,
+    iou_thresholds: Sequence[int] = IOU_THRESHOLDS,
+    cam_thresholds: np.ndarray = CAM_THRESHOLDS,
+    multi_contour: bool = True,
+) -> np.ndarray:
+    """Raw maps (any size) and GT boxes in the size x size frame -> N x T x I bool: some
+    box at CAM threshold t has IoU >= the IoU threshold with some GT box.
+
+    The map is quantized to uint8, so the binary map only changes at its distinct
+    levels: boxes are found once per level that some threshold reaches.
+    """
+    iou_limits = np.asarray(iou_thresholds) / 100
+    correct = np.zeros((len(maps), len(cam_thresholds), len(iou_limits)), dtype=bool)
+    for n, (raw, gt) in enumerate(zip(maps, gt_boxes)):
+        score_map = normalize_scoremap(cv2.resize(raw.astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC))
+        quantized = (score_map * 255).astype(np.uint8)
+        levels = (cam_thresholds * int(quantized.max())).astype(np.int64)  # T, as int(t * max)
+        unique, position = np.unique(levels, return_inverse=True)
+        best = np.array(
+            [
+                box_iou(contour_boxes(np.where(quantized > lv, 255, 0).astype(np.uint8), multi_contour), gt).max()
+                for lv in unique
+            ]
+        )
+        correct[n] = best[position][:, None] >= iou_limits
+    return correct
+
+
+def maxboxacc_from_counts(counts: np.ndarray, num_images: int, iou_thresholds=IOU_THRESHOLDS) -> dict:
+    """T x I counts of localized images (summed over batches) -> MaxBoxAccV2 and the best
+    accuracy per IoU threshold, in %."""
+    accuracy = 100.0 * counts / max(num_images, 1)  # T x I
+    best = accuracy.max(0)
+    report = {"MaxBoxAccV2": float(best.mean())}
+    report.update({f"IoU{t}": float(b) for t, b in zip(iou_thresholds, best)})
+    report.update(
+        {f"best_threshold_IoU{t}": float(CAM_THRESHOLDS[i]) for t, i in zip(iou_thresholds, accuracy.argmax(0))}
+    )
+    return report
+
+
+# ------------------------------------------------------------------------ PxAP, PIoU
+HISTOGRAM_EDGES = np.append(CAM_THRESHOLDS, [1.0, 2.0, 3.0])  # [0, .001), ..., [.999, 1), [1, 2), [2, 3]
+
+
+def load_mask(mask_paths: Sequence[Path], ignore_path: Path | None, size: int = CROP) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground (any instance mask > 0.5, read in grayscale, resized nearest) and
+    ignored pixels (the ignore mask minus the foreground), size x size bool each."""
+
+    def read(path: Path) -> np.ndarray:
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise FileNotFoundError(f"cannot read the mask {path}")
+        return cv2.resize(np.float32(image), (size, size), interpolation=cv2.INTER_NEAREST) > 0.5
+
+    foreground = np.any([read(p) for p in mask_paths], axis=0)
+    ignore = read(ignore_path) & ~foreground if ignore_path else np.zeros_like(foreground)
+    return foreground, ignore
+
+
+def pixel_histograms(
+    maps: np.ndarray, foreground: np.ndarray, ignore: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Histograms of map scores over GT-foreground and GT-background pixels (ignored
+    pixels left out). N x H x W each -> two histograms that add across batches."""
+    background = ~foreground if ignore is None else ~foreground & ~ignore
+    fg_hist = np.histogram(maps[foreground], bins=HISTOGRAM_EDGES)[0].astype(np.float64)
+    bg_hist = np.histogram(maps[background], bins=HISTOGRAM_EDGES)[0].astype(np.float64)
+    return fg_hist, bg_hist
+
+
+def _cumulative(fg_hist: np.ndarray, bg_hist: np.ndarray):
+    """tp, fp, fn at every threshold, from the highest down."""
+    tp, fp = fg_hist[::-1].cumsum(), bg_hist[::-1].cumsum()
+    return tp, fp, fg_hist.sum() - tp
+
+
+def pxap(fg_hist: np.ndarray, bg_hist: np.ndarray) -> float:
+    """Pixel average precision (wsolevaluation), in %."""
+    tp, fp, fn = _cumulative(fg_hist, bg_hist)
+    predicted = tp + fp
+    precision = tp / np.where(predicted > 0, predicted, 1)
+    recall = tp / max(tp[-1] + fn[-1], 1)
+    return float(100 * (precision[1:] * np.diff(recall))[predicted[1:] > 0].sum())
+
+
+def piou(fg_hist: np.ndarray, bg_hist: np.ndarray) -> float:
+    """Best IoU over thresholds of the thresholded maps with the masks, dataset-wide (the
+    original's count_pxap), in %."""
+    tp, fp, fn = _cumulative(fg_hist, bg_hist)
+    return float(100 * (tp / np.maximum(tp + fp + fn, 1)).max())

@@ -1,0 +1,256 @@
+"""Train a BAS generator (or the CAM baseline) for weakly supervised object localization.
+
+    python train.py                         # the synthetic demo: tiny generator, a few minutes on a CPU
+    python train.py --root CUB --data-dir /data/CUB_200_2011 --arch resnet --pretrained imagenet
+
+Every hyper-parameter defaults to the paper's value for the dataset and arch
+(WSOL/presets.py); any flag overrides it. Each epoch appends one JSON line to
+<output-dir>/log.jsonl and rewrites <output-dir>/last.pth atomically; --resume
+continues from it and gives the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from bas.amc import bas_loss
+from bas.engine import (
+    Average,
+    JsonLines,
+    autocast,
+    epoch_seed,
+    pick_device,
+    save_atomic,
+    seed_everything,
+    set_step_lr,
+    sgd,
+)
+from WSOL.cli import add_data_arguments, add_model_arguments, load_samples, resolve_preset
+from WSOL.datasets import ImageDataset, test_transform, train_transform
+from WSOL.inference import box_results, predict
+from WSOL.models import build_model
+
+log = logging.getLogger("train")
+
+# Checkpoints kept besides last.pth, with the quantity each one maximizes (as the original).
+BEST = {"best_top1.pth": "top1_loc", "best_gt.pth": "gt_known", "best_loc.pth": "top1_loc+gt_known"}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    add_data_arguments(parser)
+    add_model_arguments(parser)
+    group = parser.add_argument_group("method (defaults: the paper's, per dataset x arch)")
+    group.add_argument("--alpha", type=float, help="weight of CE(score_fg), the foreground-guided classification")
+    group.add_argument("--beta", type=float, help="weight of the area term: too low and maps cover the background")
+    group.add_argument(
+        "--pretrained",
+        help="'imagenet' (torchvision weights, downloaded once), a path to a state dict, or nothing for random init",
+    )
+    group = parser.add_argument_group("optimization (defaults: the paper's)")
+    group.add_argument("--epochs", type=int)
+    group.add_argument("--decay-epoch", type=int, help="lr x 0.1 at every multiple of this epoch")
+    group.add_argument("--lr", type=float, help="base lr; backbone biases 2x, classifier weights 10x, biases 20x")
+    group.add_argument("--batch-size", type=int, help="global batch size")
+    group.add_argument("--weight-decay", type=float, default=5e-4)
+    group.add_argument("--momentum", type=float, default=0.9)
+    group = parser.add_argument_group("evaluation during training")
+    group.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (and after the last)")
+    group.add_argument("--eval-split", default="test", help="split used to pick the best checkpoints")
+    group.add_argument("--threshold", type=float, nargs="+", help="CAM thresholds of the box protocol")
+    group.add_argument("--topk", type=int, help="maps averaged over the top-k classes (1: the GT class)")
+    group = parser.add_argument_group("run")
+    group.add_argument("--output-dir", type=Path, help="default: logs/<root>/<arch>_<method>")
+    group.add_argument("--seed", type=int, default=6, help="6, as the original")
+    group.add_argument("--device", help="default: cuda when present, else cpu")
+    group.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (default: fp32, exact reproduction)")
+    group.add_argument("--resume", action="store_true", help="continue from <output-dir>/last.pth")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    return parser
+
+
+def fill_defaults(args: argparse.Namespace) -> None:
+    """Every option left unset takes the preset's value."""
+    values = resolve_preset(args)
+    args.method = args.method or "bas"
+    for name in ("alpha", "beta", "topk", "epochs", "decay_epoch", "lr", "batch_size"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(values, name))
+    args.threshold = args.threshold or [values.threshold]
+    args.resize, args.crop = values.resize, values.crop
+    args.output_dir = args.output_dir or Path("logs") / args.root / f"{args.arch}_{args.method}"
+
+
+def train_one_epoch(model, loader, optimizer, scaler, epoch: int, args, device) -> dict[str, float]:
+    model.train()
+    meters: dict[str, Average] = {}
+    for step, (images, labels, _) in enumerate(
+        tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=args.no_progress)
+    ):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(device, args.amp):
+            out = model(images, labels)
+            loss, parts = bas_loss(out, labels, args.alpha, args.beta)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        parts["cls_acc"] = (out.score.argmax(1) == labels).float().mean() * 100
+        for name, value in parts.items():
+            meters.setdefault(name, Average()).update(value.item(), len(labels))
+    return {name: meter.mean for name, meter in meters.items()}
+
+
+def train(args: argparse.Namespace) -> dict:
+    fill_defaults(args)
+    device = pick_device(args.device)
+    seed_everything(args.seed)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    log.info("training %s %s on %s (%s), output in %s", args.method, args.arch, args.root, device, args.output_dir)
+
+    # ============ data ============
+    train_set = ImageDataset(load_samples(args, "train"), train_transform(args.resize, args.crop))
+    test_samples = load_samples(args, args.eval_split)
+    test_loader = DataLoader(
+        ImageDataset(test_samples, test_transform(args.resize, args.crop)),
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+    )
+    log.info("%d training images, %d %s images", len(train_set), len(test_samples), args.eval_split)
+
+    # ============ model and optimizer ============
+    model = build_model(args.arch, args.num_classes, args.pretrained, args.method).to(device)
+    optimizer = sgd(model, args.lr, args.weight_decay, args.momentum)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+
+    # ============ resume ============
+    history = JsonLines(args.output_dir / "log.jsonl")
+    start_epoch, best = 0, {name: -1.0 for name in BEST}
+    last = args.output_dir / "last.pth"
+    if args.resume and last.is_file():
+        checkpoint = torch.load(last, map_location=device, weights_only=True)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        start_epoch, best = checkpoint["epoch"], checkpoint["best"]
+        history.keep(lambda record: record["epoch"] <= start_epoch)
+        log.info("resumed from %s at epoch %d", last, start_epoch)
+    elif args.resume:
+        log.info("nothing to resume in %s: starting afresh", args.output_dir)
+
+    # ============ training loop ============
+    summary = {}
+    for epoch in range(start_epoch, args.epochs):
+        lr = set_step_lr(optimizer, args.lr, epoch, args.decay_epoch)
+        seed = epoch_seed(args.seed, epoch)
+        seed_everything(seed)
+        loader = DataLoader(
+            train_set,
+            batch_size=args.batch_size,
+            shuffle=True,
+            num_workers=args.workers,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed),
+        )
+        record = {"epoch": epoch + 1, "lr": lr}
+        record["train"] = train_one_epoch(model, loader, optimizer, scaler, epoch, args, device)
+
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            batches = predict(model, test_loader, device, args.topk, args.amp, progress=not args.no_progress)
+            summary = box_results(batches, test_samples, args.threshold, args.resize, args.crop).summary(args.threshold)
+            record["test"] = {k: v for k, v in summary.items() if k != "per_threshold"}
+            for name, quantity in BEST.items():
+                value = sum(summary[key] for key in quantity.split("+"))
+                if value > best[name]:
+                    best[name] = value
+                    save_atomic(checkpoint_for_release(model, args, epoch + 1, summary), args.output_dir / name)
+
+        save_atomic(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch + 1,
+                "best": best,
+                "args": jsonable_args(args),
+            },
+            last,
+        )
+        history.write(record)
+        log.info("%s", epoch_line(record))
+
+    write_summary(args, history.records())
+    return summary
+
+
+def checkpoint_for_release(model, args, epoch: int, summary: dict) -> dict:
+    """The original release's format ({'model', 'best_thr', 'epoch'}) plus what the
+    evaluator needs to rebuild the model without flags."""
+    return {
+        "model": model.state_dict(),
+        "best_thr": summary["threshold"],
+        "epoch": epoch,
+        "arch": args.arch,
+        "method": args.method,
+        "num_classes": args.num_classes,
+        "root": args.root,
+        "metrics": {k: v for k, v in summary.items() if k != "per_threshold"},
+    }
+
+
+def jsonable_args(args: argparse.Namespace) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
+def epoch_line(record: dict) -> str:
+    train = record["train"]
+    line = f"epoch {record['epoch']:3d}  lr {record['lr']:.2e}  " + "  ".join(f"{k} {v:.4f}" for k, v in train.items())
+    if "test" in record:
+        test = record["test"]
+        line += (
+            f"\n          {test['images']} test images: cls top-1 {test['cls_top1']:.2f}  top-1 loc "
+            f"{test['top1_loc']:.2f}  top-5 loc {test['top5_loc']:.2f}  GT-known {test['gt_known']:.2f}"
+            f"  (thr {test['threshold']:g})"
+        )
+    return line
+
+
+def write_summary(args: argparse.Namespace, records: list[dict]) -> None:
+    """A readable summary.txt beside the JSON lines: the settings and every evaluation."""
+    lines = [
+        f"{args.method} {args.arch} on {args.root}: alpha {args.alpha}, beta {args.beta}, lr {args.lr}, "
+        f"batch {args.batch_size}, {args.epochs} epochs (decay every {args.decay_epoch})",
+        "",
+    ]
+    lines += [f"{'epoch':>5} {'cls top-1':>9} {'top-1 loc':>9} {'top-5 loc':>9} {'GT-known':>9} {'thr':>5}"]
+    for record in records:
+        if "test" in record:
+            t = record["test"]
+            lines.append(
+                f"{record['epoch']:>5} {t['cls_top1']:9.2f} {t['top1_loc']:9.2f} {t['top5_loc']:9.2f} "
+                f"{t['gt_known']:9.2f} {t['threshold']:5g}"
+            )
+    (args.output_dir / "summary.txt").write_text("\n".join(lines) + "\n")
+    (args.output_dir / "args.json").write_text(json.dumps(jsonable_args(args), indent=2) + "\n")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    train(get_args_parser().parse_args())
+
+
+if __name__ == "__main__":
+    main()
