@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -45,7 +46,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="a wsolevaluation metadata folder (metadata/<DS>, holding train/ val/ test/); "
         "needed for ILSVRC evaluation and OpenImages, optional for CUB",
     )
-    group.add_argument("--workers", type=int, default=4, help="data loader processes")
+    group.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader processes")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
