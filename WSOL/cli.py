@@ -46,6 +46,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="a wsolevaluation metadata folder (metadata/<DS>, holding train/ val/ test/); "
         "needed for ILSVRC evaluation and OpenImages, optional for CUB",
     )
+    group.add_argument(
+        "--mask-dir", type=Path, help="root of the OpenImages masks named in the metadata (default: --data-dir)"
+    )
     group.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader processes")
 
 
@@ -76,7 +79,7 @@ def load_samples(args: argparse.Namespace, split: str) -> list[datasets.Sample]:
     if args.root == "Synthetic" and not (args.data_dir / PARAMS_FILE).is_file():
         make_synthetic(args.data_dir)  # first use: written once, in the CUB release format
     if args.metadata is not None:
-        return datasets.wsol_metadata(args.metadata / split, args.data_dir)
+        return datasets.wsol_metadata(args.metadata / split, args.data_dir, args.mask_dir)
     if args.root in ("CUB", "Synthetic"):
         return datasets.cub_release(args.data_dir, split)
     if args.root == "ILSVRC" and split == "train":
