@@ -22,7 +22,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from WSOL import metrics
-from WSOL.cli import add_data_arguments, add_model_arguments, load_samples, model_for_evaluation
+from WSOL.cli import add_data_arguments, add_model_arguments, load_samples, model_for_evaluation, resolve_preset
 from WSOL.datasets import ImageDataset, Sample, test_transform
 from WSOL.inference import predict, saved_map_batches
 
@@ -79,13 +79,12 @@ def with_masks(samples: list[Sample], args: argparse.Namespace) -> list[Sample]:
     return samples
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = get_args_parser().parse_args()
+def evaluate(args: argparse.Namespace) -> dict:
+    """PxAP and PIoU of the model (or the saved maps) that ``args`` names."""
     if args.maps is not None:
-        args.data_dir = args.data_dir or Path(".")
+        resolve_preset(args)
         samples = with_masks(load_samples(args, args.split), args)
-        batches, size = saved_map_batches(args.maps, samples, 224), 224
+        batches, size = saved_map_batches(args.maps, samples, metrics.CROP), metrics.CROP
         args.output_dir = args.output_dir or args.maps
     else:
         model, _, values, device = model_for_evaluation(args)
@@ -93,7 +92,13 @@ def main() -> None:
         batches, size = model_batches(args, model, values, device, samples), values.crop
         args.output_dir = args.output_dir or args.checkpoint.parent / f"eval_{args.split}"
     fg_hist, bg_hist = histograms(batches, size)
-    report = {"images": len(samples), "PxAP": metrics.pxap(fg_hist, bg_hist), "PIoU": metrics.piou(fg_hist, bg_hist)}
+    return {"images": len(samples), "PxAP": metrics.pxap(fg_hist, bg_hist), "PIoU": metrics.piou(fg_hist, bg_hist)}
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = get_args_parser().parse_args()
+    report = evaluate(args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "metrics_pxap.json").write_text(json.dumps(report, indent=2) + "\n")
     print(

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from bas.viz import overlay, save_rgb
 from WSOL import metrics
-from WSOL.cli import add_data_arguments, add_model_arguments, load_samples, model_for_evaluation
+from WSOL.cli import add_data_arguments, add_model_arguments, load_samples, model_for_evaluation, resolve_preset
 from WSOL.datasets import ImageDataset, Sample, ten_crop_transform, test_transform
 from WSOL.inference import Batch, box_results, image_size, maxboxacc_counts, predict, save_maps, saved_map_batches
 
@@ -132,11 +132,9 @@ def _saving(batches, samples, directory):
 
 
 def evaluate_saved_maps(args: argparse.Namespace) -> dict:
-    """MaxBoxAccV2, and GT-known Loc at --threshold, of saved maps against wsolevaluation
-    metadata (GT boxes resized to 224 x 224, as wsolevaluation)."""
-    if args.metadata is None:
-        raise SystemExit("--maps needs --metadata <wsolevaluation metadata/<DS>>")
-    args.data_dir = args.data_dir or Path(".")
+    """MaxBoxAccV2, and GT-known Loc at --threshold, of saved maps against the dataset's
+    boxes (resized to 224 x 224, as wsolevaluation)."""
+    resolve_preset(args)
     args.output_dir = args.output_dir or args.maps
     thresholds = args.threshold or [0.5]
     samples = load_samples(args, args.split)

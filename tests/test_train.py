@@ -2,11 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
-from WSOL.synthetic import make_synthetic
 
 from WSOL import evaluator
+from WSOL.synthetic import make_synthetic
 from WSOL.train import get_args_parser, train
 
 
@@ -59,3 +60,24 @@ def test_resumed_run_equals_uninterrupted(data_dir, tmp_path):
         assert torch.equal(value, parts["model"][name]), name
     logs = [(tmp_path / run / "log.jsonl").read_text().splitlines() for run in ("whole", "parts")]
     assert [json.loads(line)["test"] for line in logs[0]] == [json.loads(line)["test"] for line in logs[1]]
+
+
+def test_saved_maps_are_scored_without_a_model(data_dir, tmp_path):
+    """Maps equal to the GT masks localize every object: MaxBoxAccV2 and PxAP are 100."""
+    from PIL import Image
+
+    from WSOL import count_pxap
+    from WSOL.datasets import cub_release
+
+    for sample in cub_release(data_dir, "test"):
+        mask = np.asarray(Image.open(sample.mask_paths[0]), dtype=np.float32) / 255
+        path = tmp_path / "maps" / f"{sample.image_id}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, mask)
+    argv = ["--data-dir", str(data_dir), "--maps", str(tmp_path / "maps"), "--workers", "0"]
+    report = evaluator.evaluate_saved_maps(evaluator.get_args_parser().parse_args([*argv, "--threshold", "0.5"]))
+    assert report["images"] == 16 and report["gt_known"] == 100
+    assert report["IoU30"] == report["IoU50"] == 100 and report["IoU70"] > 90
+    pixel = count_pxap.evaluate(count_pxap.get_args_parser().parse_args(argv))
+    # Bicubic resizing of the 64 px maps softens their edges against the nearest-resized masks.
+    assert pixel["PxAP"] > 99.9 and pixel["PIoU"] > 99
