@@ -34,6 +34,7 @@ def test_train_then_evaluate(data_dir, tmp_path, capsys):
     argv = ["--data-dir", str(data_dir), "--checkpoint", str(tmp_path / "run" / "best_loc.pth"), "--workers", "0"]
     argv += [
         "--no-progress",
+        "--tencrop",
         "--save-images",
         "3",
         "--save-maps",
