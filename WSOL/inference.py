@@ -59,6 +59,12 @@ def predict(
         yield Batch(indices.numpy(), labels.cpu().numpy(), probs.cpu(), maps[:, 0].float().cpu().numpy())
 
 
+def shard(dataset: torch.utils.data.Dataset, rank: int, world: int) -> torch.utils.data.Dataset:
+    """This process's share of a test set: every world-th sample from ``rank`` on, so that
+    every sample is seen exactly once across processes (no padded duplicates)."""
+    return dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
+
+
 def image_size(sample: Sample) -> tuple[int, int]:
     """(width, height): from the lists when they give it, else from the image header."""
     if sample.size is not None:
@@ -78,7 +84,10 @@ class BoxResults:
 
     @classmethod
     def concatenate(cls, parts: list[BoxResults]) -> BoxResults:
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("indices", "top1", "top5", "best_iou")))
+        """Rows of several batches or processes, in sample order."""
+        fields = [np.concatenate([getattr(p, f) for p in parts]) for f in ("indices", "top1", "top5", "best_iou")]
+        order = np.argsort(fields[0], kind="stable")
+        return cls(*(f[order] for f in fields))
 
     def summary(self, thresholds: list[float]) -> dict:
         """Top-1 / Top-5 classification and localization in %, at the best threshold by

@@ -15,10 +15,13 @@ import argparse
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from bas.amc import bas_loss
@@ -27,7 +30,8 @@ from bas.engine import (
     JsonLines,
     autocast,
     epoch_seed,
-    pick_device,
+    gather_objects,
+    init_distributed,
     save_atomic,
     seed_everything,
     set_step_lr,
@@ -35,7 +39,7 @@ from bas.engine import (
 )
 from WSOL.cli import add_data_arguments, add_model_arguments, load_samples, resolve_preset
 from WSOL.datasets import ImageDataset, test_transform, train_transform
-from WSOL.inference import box_results, predict
+from WSOL.inference import BoxResults, box_results, predict, shard
 from WSOL.models import build_model
 
 log = logging.getLogger("train")
@@ -76,6 +80,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (default: fp32, exact reproduction)")
     group.add_argument("--resume", action="store_true", help="continue from <output-dir>/last.pth")
     group.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    group = parser.add_argument_group("distributed (torchrun --nproc_per_node N train.py ...)")
+    group.add_argument("--sync-bn", action="store_true", help="synchronize BatchNorm statistics across processes")
+    group.add_argument("--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS)
     return parser
 
 
@@ -91,12 +98,12 @@ def fill_defaults(args: argparse.Namespace) -> None:
     args.output_dir = args.output_dir or Path("logs") / args.root / f"{args.arch}_{args.method}"
 
 
-def train_one_epoch(model, loader, optimizer, scaler, epoch: int, args, device) -> dict[str, float]:
+def train_one_epoch(model, loader, optimizer, scaler, epoch: int, args, device, show: bool) -> dict[str, float]:
+    """One pass over this process's share of the data; the means are this process's."""
     model.train()
     meters: dict[str, Average] = {}
-    for step, (images, labels, _) in enumerate(
-        tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=args.no_progress)
-    ):
+    progress = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=args.no_progress or not show)
+    for step, (images, labels, _) in enumerate(progress):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, args.amp):
             out = model(images, labels)
@@ -115,17 +122,34 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, args, device) 
 
 def train(args: argparse.Namespace) -> dict:
     fill_defaults(args)
-    device = pick_device(args.device)
+    if args.local_rank is not None:  # the legacy torch.distributed.launch passes it as a flag
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    device, rank, world = init_distributed(args.device)
+    main_process = rank == 0
+    if args.batch_size % world:
+        raise SystemExit(f"--batch-size {args.batch_size} (global) does not split over {world} processes")
+    batch_size = args.batch_size // world
     seed_everything(args.seed)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    log.info("training %s %s on %s (%s), output in %s", args.method, args.arch, args.root, device, args.output_dir)
+    if main_process:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        log.setLevel(logging.WARNING)
+    log.info(
+        "training %s %s on %s (%s x %d), output in %s",
+        args.method,
+        args.arch,
+        args.root,
+        device,
+        world,
+        args.output_dir,
+    )
 
     # ============ data ============
     train_set = ImageDataset(load_samples(args, "train"), train_transform(args.resize, args.crop))
     test_samples = load_samples(args, args.eval_split)
     test_loader = DataLoader(
-        ImageDataset(test_samples, test_transform(args.resize, args.crop)),
-        batch_size=args.batch_size,
+        shard(ImageDataset(test_samples, test_transform(args.resize, args.crop)), rank, world),
+        batch_size=batch_size,
         num_workers=args.workers,
         pin_memory=device.type == "cuda",
     )
@@ -133,6 +157,8 @@ def train(args: argparse.Namespace) -> dict:
 
     # ============ model and optimizer ============
     model = build_model(args.arch, args.num_classes, args.pretrained, args.method).to(device)
+    if world > 1 and args.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = sgd(model, args.lr, args.weight_decay, args.momentum)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
 
@@ -146,53 +172,60 @@ def train(args: argparse.Namespace) -> dict:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
         start_epoch, best = checkpoint["epoch"], checkpoint["best"]
-        history.keep(lambda record: record["epoch"] <= start_epoch)
+        if main_process:
+            history.keep(lambda record: record["epoch"] <= start_epoch)
         log.info("resumed from %s at epoch %d", last, start_epoch)
     elif args.resume:
         log.info("nothing to resume in %s: starting afresh", args.output_dir)
+    trained = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if world > 1
+        else model
+    )
 
     # ============ training loop ============
     summary = {}
     for epoch in range(start_epoch, args.epochs):
         lr = set_step_lr(optimizer, args.lr, epoch, args.decay_epoch)
         seed = epoch_seed(args.seed, epoch)
-        seed_everything(seed)
+        seed_everything(seed + rank)
+        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=seed) if world > 1 else None
         loader = DataLoader(
             train_set,
-            batch_size=args.batch_size,
-            shuffle=True,
+            batch_size=batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
             num_workers=args.workers,
             pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(seed),
+            generator=torch.Generator().manual_seed(seed + rank),
         )
         record = {"epoch": epoch + 1, "lr": lr}
-        record["train"] = train_one_epoch(model, loader, optimizer, scaler, epoch, args, device)
+        record["train"] = train_one_epoch(trained, loader, optimizer, scaler, epoch, args, device, main_process)
 
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            batches = predict(model, test_loader, device, args.topk, args.amp, progress=not args.no_progress)
-            summary = box_results(batches, test_samples, args.threshold, args.resize, args.crop).summary(args.threshold)
+            progress = main_process and not args.no_progress
+            batches = predict(model, test_loader, device, args.topk, args.amp, progress=progress)
+            local = box_results(batches, test_samples, args.threshold, args.resize, args.crop)
+            summary = BoxResults.concatenate(gather_objects(local)).summary(args.threshold)
             record["test"] = {k: v for k, v in summary.items() if k != "per_threshold"}
             for name, quantity in BEST.items():
                 value = sum(summary[key] for key in quantity.split("+"))
                 if value > best[name]:
                     best[name] = value
-                    save_atomic(checkpoint_for_release(model, args, epoch + 1, summary), args.output_dir / name)
+                    if main_process:
+                        save_atomic(checkpoint_for_release(model, args, epoch + 1, summary), args.output_dir / name)
 
-        save_atomic(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch + 1,
-                "best": best,
-                "args": jsonable_args(args),
-            },
-            last,
-        )
-        history.write(record)
+        if main_process:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}
+            state.update(epoch=epoch + 1, best=best, args=jsonable_args(args))
+            save_atomic(state, last)
+            history.write(record)
         log.info("%s", epoch_line(record))
 
-    write_summary(args, history.records())
+    if main_process:
+        write_summary(args, history.records())
+    if world > 1:
+        torch.distributed.destroy_process_group()
     return summary
 
 

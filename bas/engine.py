@@ -148,3 +148,33 @@ class Average:
     @property
     def mean(self) -> float:
         return self.total / max(self.count, 1)
+
+
+# ------------------------------------------------------------------------ distributed
+def init_distributed(device_name: str | None = None) -> tuple[torch.device, int, int]:
+    """One code path for 1..N processes: under torchrun (or the legacy launcher, which
+    sets LOCAL_RANK) join the process group, nccl on CUDA and gloo on the CPU.
+    Returns (device, rank, world size); a plain ``python train.py`` gets rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return pick_device(device_name), 0, 1
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, torch.distributed.get_rank(), world
+
+
+def is_main_process() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def gather_objects(obj: Any) -> list:
+    """Every process's ``obj``, in rank order (just ``[obj]`` in a single process)."""
+    if not torch.distributed.is_initialized():
+        return [obj]
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
