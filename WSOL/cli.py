@@ -65,6 +65,33 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-classes", type=int, help="default: the dataset's")
 
 
+def script_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with the data and model arguments every script takes."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    add_data_arguments(parser)
+    add_model_arguments(parser)
+    return parser
+
+
+def evaluation_parser(description: str) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
+    """The arguments evaluator.py and count_pxap.py share; returns the parser and its
+    "evaluation" group for the script's own options."""
+    parser = script_parser(description)
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--checkpoint", type=Path, help="default: logs/<root>/<arch>_<method>/best_loc.pth")
+    group.add_argument("--split", default="test")
+    group.add_argument("--topk", type=int, help="maps averaged over the top-k classes (default: the preset's)")
+    group.add_argument("--maps", type=Path, help="score saved maps DIR/<image_id>.npy instead of a model")
+    group.add_argument("--output-dir", type=Path, help="default: beside the checkpoint (or the maps)")
+    group.add_argument("--batch-size", type=int, default=64)
+    group.add_argument("--device", help="default: cuda when present, else cpu")
+    group.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (default: fp32)")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    return parser, group
+
+
 def resolve_preset(args: argparse.Namespace) -> Preset:
     """Fills ``args.arch``, ``args.data_dir`` and ``args.num_classes`` from the dataset."""
     args.arch = args.arch or DEFAULT_ARCH[args.root]

@@ -16,13 +16,12 @@ import argparse
 import json
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 from torch.utils.data import DataLoader
 
 from WSOL import metrics
-from WSOL.cli import add_data_arguments, add_model_arguments, load_samples, model_for_evaluation, resolve_preset
+from WSOL.cli import evaluation_parser, load_samples, model_for_evaluation, resolve_preset
 from WSOL.datasets import ImageDataset, Sample, test_transform
 from WSOL.inference import predict, saved_map_batches
 
@@ -30,22 +29,7 @@ log = logging.getLogger("count_pxap")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
-    add_data_arguments(parser)
-    add_model_arguments(parser)
-    group = parser.add_argument_group("evaluation")
-    group.add_argument("--checkpoint", type=Path, help="default: logs/<root>/<arch>_<method>/best_loc.pth")
-    group.add_argument("--split", default="test")
-    group.add_argument("--topk", type=int, help="maps averaged over the top-k classes (default: the preset's)")
-    group.add_argument("--maps", type=Path, help="score saved maps DIR/<image_id>.npy instead of a model")
-    group.add_argument("--output-dir", type=Path, help="default: beside the checkpoint (or the maps)")
-    group.add_argument("--batch-size", type=int, default=64)
-    group.add_argument("--device", help="default: cuda when present, else cpu")
-    group.add_argument("--amp", choices=["bf16", "fp16"])
-    group.add_argument("--no-progress", action="store_true")
-    return parser
+    return evaluation_parser(__doc__)[0]
 
 
 def histograms(batches: Iterator[tuple[list[Sample], np.ndarray]], size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from bas.viz import overlay, save_rgb
 from WSOL import metrics
-from WSOL.cli import add_data_arguments, add_model_arguments, load_samples, model_for_evaluation, resolve_preset
+from WSOL.cli import evaluation_parser, load_samples, model_for_evaluation, resolve_preset
 from WSOL.datasets import ImageDataset, Sample, ten_crop_transform, test_transform
 from WSOL.inference import Batch, box_results, image_size, maxboxacc_counts, predict, save_maps, saved_map_batches
 
@@ -30,18 +30,10 @@ log = logging.getLogger("evaluator")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
-    add_data_arguments(parser)
-    add_model_arguments(parser)
-    group = parser.add_argument_group("evaluation")
-    group.add_argument("--checkpoint", type=Path, help="default: logs/<root>/<arch>_<method>/best_loc.pth")
-    group.add_argument("--split", default="test")
+    parser, group = evaluation_parser(__doc__)
     group.add_argument(
         "--threshold", type=float, nargs="+", help="CAM thresholds (default: the checkpoint's best, else the preset)"
     )
-    group.add_argument("--topk", type=int, help="maps averaged over the top-k classes (default: the preset's)")
     group.add_argument("--tencrop", action="store_true", help="classify with the mean softmax of ten crops")
     group.add_argument(
         "--inclusive-box",
@@ -49,15 +41,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="score the predicted box with its last pixel as max (corrected); the original uses one past it",
     )
     group.add_argument("--no-maxboxacc", action="store_true", help="skip MaxBoxAccV2 (a second pass, uncropped)")
-    group.add_argument("--maps", type=Path, help="score saved maps DIR/<image_id>.npy instead of a model")
-    group = parser.add_argument_group("output")
-    group.add_argument("--output-dir", type=Path, help="default: beside the checkpoint (or the maps)")
     group.add_argument("--save-images", type=int, default=0, metavar="N", help="write N heat-map overlays")
     group.add_argument("--save-maps", type=Path, metavar="DIR", help="write our maps as DIR/<image_id>.npy")
-    group.add_argument("--batch-size", type=int, default=64)
-    group.add_argument("--device", help="default: cuda when present, else cpu")
-    group.add_argument("--amp", choices=["bf16", "fp16"])
-    group.add_argument("--no-progress", action="store_true")
     return parser
 
 

@@ -37,7 +37,7 @@ from bas.engine import (
     set_step_lr,
     sgd,
 )
-from WSOL.cli import add_data_arguments, add_model_arguments, load_samples, resolve_preset
+from WSOL.cli import load_samples, resolve_preset, script_parser
 from WSOL.datasets import ImageDataset, test_transform, train_transform
 from WSOL.inference import BoxResults, box_results, predict, shard
 from WSOL.models import build_model
@@ -49,11 +49,7 @@ BEST = {"best_top1.pth": "top1_loc", "best_gt.pth": "gt_known", "best_loc.pth": 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
-    add_data_arguments(parser)
-    add_model_arguments(parser)
+    parser = script_parser(__doc__)
     group = parser.add_argument_group("method (defaults: the paper's, per dataset x arch)")
     group.add_argument("--alpha", type=float, help="weight of CE(score_fg), the foreground-guided classification")
     group.add_argument("--beta", type=float, help="weight of the area term: too low and maps cover the background")
