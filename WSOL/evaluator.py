@@ -94,8 +94,11 @@ def evaluate_model(args: argparse.Namespace) -> dict:
         )
         if args.save_maps:
             uncropped = _saving(uncropped, samples, args.save_maps)
-        counts = maxboxacc_counts(uncropped, samples, values.crop)
-        if not args.no_maxboxacc:
+        if args.no_maxboxacc:
+            for _ in uncropped:  # the maps are only saved
+                pass
+        else:
+            counts = maxboxacc_counts(uncropped, samples, values.crop)
             report.update(metrics.maxboxacc_from_counts(counts, len(samples)))
     return report
 
@@ -111,6 +114,7 @@ class _Both:
 
 
 def _saving(batches, samples, directory):
+    """Passes the batches on, writing their maps to ``directory`` on the way."""
     for batch in batches:
         save_maps(batch, samples, directory)
         yield batch
