@@ -1,4 +1,4 @@
-"""Localization metrics, vectorized over thresholds (BAS_SPEC section 5).
+"""Localization metrics, vectorized over thresholds, as the original BAS evaluator and wsolevaluation compute them.
 
 - The original BAS protocol: Top-1 / Top-5 / GT-known Loc from the box of the largest
   connected component of the thresholded map, in the 224 center-crop frame.

@@ -20,7 +20,7 @@ from bas.backbones import Backbone, build_backbone, load_imagenet_weights
 log = logging.getLogger(__name__)
 
 # Value of the bas term where S_bg > S: it carries no gradient, only the logged loss
-# differs (BAS_SPEC section 2, step 6).
+# differs, as in the original code.
 SATURATED_BAS = {"vgg": 0.0, "resnet": 1.0, "inception": 1.0, "mobilenet": 1.0, "tiny": 1.0}
 
 

@@ -1,4 +1,4 @@
-"""The paper's hyper-parameters per dataset x arch (BAS_SPEC section 4).
+"""The paper's hyper-parameters per dataset x arch, as the original code sets them.
 
 Every value is a default that a command-line flag overrides. ``Synthetic`` is the
 embedded demo set (64x64 images, 4 classes) with the small ``tiny`` generator.

@@ -5,7 +5,7 @@ map M_fg (its localization head's map of the ground-truth class). The AMC erases
 foreground from a detached copy of F, re-runs the tail on it with the live weights but
 no gradient into them, and reads the background activation S_bg of the ground-truth
 class. Suppressing S_bg (the ``bas`` term) pushes M_fg to cover the whole object; the
-``area`` term keeps it from covering everything (BAS_SPEC section 2).
+``area`` term keeps it from covering everything.
 """
 
 from __future__ import annotations

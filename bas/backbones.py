@@ -2,7 +2,7 @@
 
 Every backbone is split into a ``head`` (image -> tap features F, stride 8) and a
 ``tail`` (F -> the features that feed ``classifier_cls``, stride 16). The AMC re-runs
-the tail on the erased F, so the cut is part of the method (BAS_SPEC section 1).
+the tail on the erased F, so the cut is part of the method.
 
 Parameter names inside ``head`` and ``tail`` are torchvision's own (``layer3.0.conv1``,
 ``Mixed_6e.branch1x1.conv``, ``features`` indices for VGG), so a torchvision state dict
