@@ -119,24 +119,21 @@ def load_samples(args: argparse.Namespace, split: str) -> list[datasets.Sample]:
 
 def model_for_evaluation(args: argparse.Namespace) -> tuple[Generator, dict, Preset, torch.device]:
     """The model of ``args.checkpoint`` (default: the demo's best) on its device, the
-    checkpoint's other entries, and the preset filled in from what the checkpoint records."""
+    checkpoint's other entries, and the preset.
+
+    Our checkpoints record arch, method and classes; for the original release's, --arch
+    (and --num-classes where the dataset's default does not fit) say what to build.
+    """
     if args.checkpoint is None:
         resolve_preset(args)
         args.checkpoint = Path("logs") / args.root / f"{args.arch}_{args.method or 'bas'}" / "best_loc.pth"
-    model, extra = model_from_checkpoint(args.checkpoint, args)
-    values = resolve_preset(args)
-    device = pick_device(args.device)
-    return model.to(device), extra, values, device
-
-
-def model_from_checkpoint(path: Path, args: argparse.Namespace) -> tuple[Generator, dict]:
-    """Build the model a checkpoint needs (ours record arch, method and classes; the original
-    release's need --arch) and load it. Returns the model and the checkpoint's other entries."""
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(args.checkpoint)
     for key in ("arch", "method", "num_classes"):
         if key in checkpoint and getattr(args, key, None) is None:
             setattr(args, key, checkpoint[key])
+    values = resolve_preset(args)
     model = build_model(args.arch, args.num_classes, method=args.method or "bas")
     extra = load_checkpoint(model, checkpoint)
-    log.info("loaded %s (epoch %s)", path, extra.get("epoch", "?"))
-    return model, extra
+    log.info("loaded %s (epoch %s)", args.checkpoint, extra.get("epoch", "?"))
+    device = pick_device(args.device)
+    return model.to(device), extra, values, device

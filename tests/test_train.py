@@ -82,3 +82,15 @@ def test_saved_maps_are_scored_without_a_model(data_dir, tmp_path):
     pixel = count_pxap.evaluate(count_pxap.get_args_parser().parse_args(argv))
     # Bicubic resizing of the 64 px maps softens their edges against the nearest-resized masks.
     assert pixel["PxAP"] > 99.9 and pixel["PIoU"] > 97
+
+
+def test_release_format_checkpoint_needs_only_the_arch(data_dir, tmp_path):
+    """The original release stores {'model', 'best_thr', 'epoch'} and nothing else."""
+    from WSOL.models import build_model
+
+    model = build_model("tiny", 4)
+    torch.save({"model": model.state_dict(), "best_thr": 0.3, "epoch": 9}, tmp_path / "release.pth.tar")
+    argv = ["--data-dir", str(data_dir), "--checkpoint", str(tmp_path / "release.pth.tar"), "--arch", "tiny"]
+    argv += ["--workers", "0", "--no-progress", "--no-maxboxacc", "--output-dir", str(tmp_path / "ev")]
+    report = evaluator.evaluate_model(evaluator.get_args_parser().parse_args(argv))
+    assert report["images"] == 16 and report["threshold"] == 0.3
