@@ -128,21 +128,68 @@ def normalize_scoremap(score_map: np.ndarray) -> np.ndarray:
     return shifted / shifted.max()
 
 
-def contour_boxes(binary: np.ndarray, multi_contour: bool = True) -> np.ndarray:
-    """Boxes of the outer and inner contours (or the largest only) of a uint8 0/255 map,
-    x1 and y1 clipped to the last pixel; no contour gives [[0, 0, 0, 0]]."""
-    height, width = binary.shape
-    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-    if len(contours) == 0:
-        return np.zeros((1, 4), dtype=np.int64)
-    if not multi_contour:
-        contours = [max(contours, key=cv2.contourArea)]
-    # cv2.boundingRect of every contour at once: x, y = the min point, w, h = max - min + 1.
+def level_extents(quantized: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Per level l, the smallest rectangle holding every pixel > l: H x W uint8 map and
+    L levels -> L x 4 (x0, y0, x1, y1), inclusive; x0 > x1 where no pixel is above l."""
+
+    def first_last(profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ahead = np.maximum.accumulate(profile)  # ahead[i] = max(profile[: i + 1]), non-decreasing
+        behind = np.maximum.accumulate(profile[::-1])
+        first = np.searchsorted(ahead, levels, side="right")
+        return first, len(profile) - 1 - np.searchsorted(behind, levels, side="right")
+
+    x0, x1 = first_last(quantized.max(0))
+    y0, y1 = first_last(quantized.max(1))
+    return np.stack([x0, y0, x1, y1], axis=1)
+
+
+def contours_by_level(
+    quantized: np.ndarray, levels: np.ndarray, multi_contour: bool = True
+) -> tuple[list[np.ndarray], list[int]]:
+    """The contours (outer and inner, cv2.RETR_TREE) of the map thresholded at each level
+    (pixels > level), or the largest one only; with the number per level.
+
+    Each level is traced inside the rectangle of its foreground (OpenCV traces pixels on
+    the border as any other): the same contours as on the whole map, on fewer pixels.
+    """
+    found, counts = [], []
+    for level, (x0, y0, x1, y1) in zip(levels.tolist(), level_extents(quantized, levels).tolist()):
+        binary = cv2.threshold(quantized[y0 : y1 + 1, x0 : x1 + 1], level, 255, cv2.THRESH_BINARY)[1]
+        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE, offset=(x0, y0))[-2]
+        if contours and not multi_contour:
+            contours = [max(contours, key=cv2.contourArea)]
+        found.extend(contours)
+        counts.append(len(contours))
+    return found, counts
+
+
+def contour_boxes(contours: list[np.ndarray], width: int, height: int) -> np.ndarray:
+    """wsolevaluation's box of each contour: cv2.boundingRect's (x, y, x + w, y + h) with
+    x + w and y + h clipped to the last pixel. C contours -> C x 4."""
     points = np.concatenate(contours)[:, 0]  # P x 2
     starts = np.cumsum([0] + [len(c) for c in contours[:-1]])
     low, high = np.minimum.reduceat(points, starts), np.maximum.reduceat(points, starts)
-    x, y = low.T
-    return np.stack([x, y, np.minimum(high[:, 0] + 1, width - 1), np.minimum(high[:, 1] + 1, height - 1)], axis=1)
+    x1, y1 = np.minimum(high[:, 0] + 1, width - 1), np.minimum(high[:, 1] + 1, height - 1)
+    return np.stack([low[:, 0], low[:, 1], x1, y1], axis=1).astype(np.int64)
+
+
+def best_iou_per_level(score_map: np.ndarray, gt: np.ndarray, cam_thresholds: np.ndarray, multi_contour: bool):
+    """One size x size map in [0, 1] -> the best IoU of any of its boxes with any GT box,
+    at each CAM threshold (T).
+
+    The map is quantized to uint8 and thresholded at int(t * max), so the binary map only
+    changes at its distinct levels: contours are traced once per level.
+    """
+    quantized = (score_map * 255).astype(np.uint8)
+    levels = (cam_thresholds * int(quantized.max())).astype(np.int64)  # T
+    unique, position = np.unique(levels, return_inverse=True)
+    if quantized.max() == 0:  # nothing above any level: wsolevaluation's box [0, 0, 0, 0]
+        return np.full(len(cam_thresholds), box_iou(np.zeros((1, 4)), gt).max())
+    # Every level below the max leaves some pixel above it, so each has a contour.
+    contours, counts = contours_by_level(quantized, unique, multi_contour)
+    boxes = contour_boxes(contours, *score_map.shape[::-1])
+    best = np.maximum.reduceat(box_iou(boxes, gt).max(-1), np.cumsum([0] + counts[:-1]))  # levels
+    return best[position]
 
 
 def maxboxacc_correct(
@@ -154,23 +201,13 @@ def maxboxacc_correct(
     multi_contour: bool = True,
 ) -> np.ndarray:
     """Raw maps (any size) and GT boxes in the size x size frame -> N x T x I bool: some
-    box at CAM threshold t has IoU >= the IoU threshold with some GT box.
-
-    The map is quantized to uint8, so the binary map only changes at its distinct
-    levels: boxes are found once per level that some threshold reaches.
-    """
+    box at CAM threshold t has IoU >= the IoU threshold with some GT box."""
     iou_limits = np.asarray(iou_thresholds) / 100
     correct = np.zeros((len(maps), len(cam_thresholds), len(iou_limits)), dtype=bool)
     for n, (raw, gt) in enumerate(zip(maps, gt_boxes)):
-        score_map = normalize_scoremap(cv2.resize(raw.astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC))
-        quantized = (score_map * 255).astype(np.uint8)
-        levels = (cam_thresholds * int(quantized.max())).astype(np.int64)  # T, as int(t * max)
-        unique, position = np.unique(levels, return_inverse=True)
-        boxes = [contour_boxes(np.uint8(quantized > level) * 255, multi_contour) for level in unique]
-        starts = np.cumsum([0] + [len(b) for b in boxes[:-1]])
-        # One IoU computation for the boxes of every level, then the best per level.
-        best = np.maximum.reduceat(box_iou(np.concatenate(boxes), gt).max(-1), starts)
-        correct[n] = best[position][:, None] >= iou_limits
+        resized = cv2.resize(raw.astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+        best = best_iou_per_level(normalize_scoremap(resized), gt, cam_thresholds, multi_contour)
+        correct[n] = best[:, None] >= iou_limits
     return correct
 
 

@@ -178,13 +178,36 @@ def test_original_protocol_equals_plain_loop():
 
 
 def test_maxboxacc_equals_plain_loop_over_1000_thresholds():
-    maps = smooth_maps(4, seed=5)
+    noisy = np.random.default_rng(6).random((2, 28, 28)).astype(np.float32)  # many blobs and holes, on the borders
+    maps = np.concatenate([smooth_maps(4, seed=5), noisy])
     gt = [np.array([[20, 30, 120, 150]]), np.array([[0, 0, 223, 223]]), np.array([[100, 10, 200, 90], [5, 5, 60, 60]])]
-    gt.append(np.array([[50, 50, 170, 170]]))
+    gt += [np.array([[50, 50, 170, 170]]), np.array([[0, 100, 40, 223]]), np.array([[180, 0, 223, 30]])]
     correct = metrics.maxboxacc_correct(maps, gt)
-    for n in range(4):
+    for n in range(len(maps)):
         for i, iou in enumerate(metrics.IOU_THRESHOLDS):
             assert np.array_equal(correct[n, :, i], plain_maxboxacc_correct(maps[n], gt[n], iou))
+
+
+def test_contours_traced_in_the_level_rectangle_equal_whole_map_contours():
+    rng = np.random.default_rng(7)
+    quantized = (metrics.resize_maps(rng.random((1, 14, 14)).astype(np.float32), 224)[0] * 255).astype(np.uint8)
+    quantized[:, :3] = 0  # foreground away from one border, on the others
+    levels = np.unique(quantized)[:-1]
+    contours, counts = metrics.contours_by_level(quantized, levels)
+    boxes = np.split(metrics.contour_boxes(contours, 224, 224), np.cumsum(counts)[:-1])
+    for level, level_boxes in zip(levels, boxes):
+        whole = cv2.findContours(np.uint8(quantized > level) * 255, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+        expected = metrics.contour_boxes(whole, 224, 224)
+        assert sorted(map(tuple, level_boxes)) == sorted(map(tuple, expected)), level
+
+
+def test_level_extents_hand_made():
+    quantized = np.zeros((5, 6), dtype=np.uint8)
+    quantized[1, 2], quantized[3, 4] = 9, 5
+    extents = metrics.level_extents(quantized, np.array([0, 4, 5, 8, 9]))
+    assert extents[:2].tolist() == [[2, 1, 4, 3]] * 2  # pixels > 0 and > 4: both
+    assert extents[2:4].tolist() == [[2, 1, 2, 1]] * 2  # > 5 and > 8: the 9 only
+    assert extents[4, 0] > extents[4, 2]  # nothing above 9
 
 
 def test_histograms_add_over_images():
