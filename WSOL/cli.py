@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from bas.engine import pick_device
 from WSOL import datasets
 from WSOL.models import Generator, build_model, load_checkpoint, read_checkpoint
 from WSOL.presets import DEFAULT_ARCH, PRESETS, Preset, preset
@@ -86,10 +85,18 @@ def evaluation_parser(description: str) -> tuple[argparse.ArgumentParser, argpar
     group.add_argument("--maps", type=Path, help="score saved maps DIR/<image_id>.npy instead of a model")
     group.add_argument("--output-dir", type=Path, help="default: beside the checkpoint (or the maps)")
     group.add_argument("--batch-size", type=int, default=64)
-    group.add_argument("--device", help="default: cuda when present, else cpu")
-    group.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (default: fp32)")
     group.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    add_speed_arguments(parser)
     return parser, group
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Device and speed options; their defaults (fp32, contiguous) reproduce the paper."""
+    group = parser.add_argument_group("device and speed")
+    group.add_argument("--device", help="default: cuda when present, else cpu (under torchrun: the local rank's GPU)")
+    group.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (default: fp32, exact reproduction)")
+    group.add_argument("--channels-last", action="store_true", help="NHWC memory layout (faster convolutions on GPUs)")
+    return group
 
 
 def resolve_preset(args: argparse.Namespace) -> Preset:
@@ -117,8 +124,8 @@ def load_samples(args: argparse.Namespace, split: str) -> list[datasets.Sample]:
     )
 
 
-def model_for_evaluation(args: argparse.Namespace) -> tuple[Generator, dict, Preset, torch.device]:
-    """The model of ``args.checkpoint`` (default: the demo's best) on its device, the
+def model_for_evaluation(args: argparse.Namespace, device: torch.device) -> tuple[Generator, dict, Preset]:
+    """The model of ``args.checkpoint`` (default: the demo's best) on ``device``, the
     checkpoint's other entries, and the preset.
 
     Our checkpoints record arch, method and classes; for the original release's, --arch
@@ -135,5 +142,6 @@ def model_for_evaluation(args: argparse.Namespace) -> tuple[Generator, dict, Pre
     model = build_model(args.arch, args.num_classes, method=args.method or "bas")
     extra = load_checkpoint(model, checkpoint)
     log.info("loaded %s (epoch %s)", args.checkpoint, extra.get("epoch", "?"))
-    device = pick_device(args.device)
-    return model.to(device), extra, values, device
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.to(device), extra, values

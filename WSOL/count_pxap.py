@@ -18,12 +18,13 @@ import logging
 from collections.abc import Iterator
 
 import numpy as np
-from torch.utils.data import DataLoader
+import torch
 
+from bas.engine import finish_distributed, gather_objects, init_distributed
 from WSOL import metrics
 from WSOL.cli import evaluation_parser, load_samples, model_for_evaluation, resolve_preset
-from WSOL.datasets import ImageDataset, Sample, test_transform
-from WSOL.inference import predict, saved_map_batches
+from WSOL.datasets import Sample, test_transform
+from WSOL.inference import evaluation_loader, predict, saved_map_batches
 
 log = logging.getLogger("count_pxap")
 
@@ -46,13 +47,12 @@ def histograms(batches: Iterator[tuple[list[Sample], np.ndarray]], size: int) ->
     return fg_hist, bg_hist
 
 
-def model_batches(args: argparse.Namespace, model, values, device, samples: list[Sample]):
-    loader = DataLoader(
-        ImageDataset(samples, test_transform(values.crop, values.crop)),
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-    )
-    for batch in predict(model, loader, device, args.topk or values.topk, args.amp, not args.no_progress):
+def model_batches(args: argparse.Namespace, model, values, device, samples: list[Sample], rank: int, world: int):
+    """(samples, raw maps) of this process's share of ``samples``."""
+    transform = test_transform(values.crop, values.crop)
+    loader = evaluation_loader(samples, transform, args.batch_size, args.workers, device, rank, world)
+    progress = not args.no_progress and rank == 0
+    for batch in predict(model, loader, device, args.topk or values.topk, args.amp, progress, args.channels_last):
         yield [samples[i] for i in batch.indices], batch.maps
 
 
@@ -63,31 +63,38 @@ def with_masks(samples: list[Sample], args: argparse.Namespace) -> list[Sample]:
     return samples
 
 
-def evaluate(args: argparse.Namespace) -> dict:
-    """PxAP and PIoU of the model (or the saved maps) that ``args`` names."""
+def evaluate(args: argparse.Namespace, device: torch.device, rank: int = 0, world: int = 1) -> dict:
+    """PxAP and PIoU of the model (or the saved maps) that ``args`` names; under torchrun
+    each process scores its share and the histograms are summed."""
     if args.maps is not None:
         resolve_preset(args)
         samples = with_masks(load_samples(args, args.split), args)
-        batches, size = saved_map_batches(args.maps, samples, metrics.CROP), metrics.CROP
+        batches, size = saved_map_batches(args.maps, samples[rank::world], metrics.CROP), metrics.CROP
         args.output_dir = args.output_dir or args.maps
     else:
-        model, _, values, device = model_for_evaluation(args)
+        model, _, values = model_for_evaluation(args, device)
         samples = with_masks(load_samples(args, args.split), args)
-        batches, size = model_batches(args, model, values, device, samples), values.crop
+        batches, size = model_batches(args, model, values, device, samples, rank, world), values.crop
         args.output_dir = args.output_dir or args.checkpoint.parent / f"eval_{args.split}"
-    fg_hist, bg_hist = histograms(batches, size)
+    fg_hist, bg_hist = (sum(parts) for parts in zip(*gather_objects(histograms(batches, size))))
     return {"images": len(samples), "PxAP": metrics.pxap(fg_hist, bg_hist), "PIoU": metrics.piou(fg_hist, bg_hist)}
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = get_args_parser().parse_args()
-    report = evaluate(args)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "metrics_pxap.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(
-        f"{'images':<8}{report['images']:>10d}\n{'PxAP':<8}{report['PxAP']:>10.2f}\n{'PIoU':<8}{report['PIoU']:>10.2f}"
-    )
+    device, rank, world = init_distributed(args.device)
+    if rank > 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    report = evaluate(args, device, rank, world)
+    if rank == 0:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        (args.output_dir / "metrics_pxap.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(
+            f"{'images':<8}{report['images']:>10d}\n{'PxAP':<8}{report['PxAP']:>10.2f}\n"
+            f"{'PIoU':<8}{report['PIoU']:>10.2f}"
+        )
+    finish_distributed()
 
 
 if __name__ == "__main__":

@@ -17,14 +17,25 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
+from bas.engine import finish_distributed, gather_objects, init_distributed
 from bas.viz import overlay, save_rgb
 from WSOL import metrics
 from WSOL.cli import evaluation_parser, load_samples, model_for_evaluation, resolve_preset
-from WSOL.datasets import ImageDataset, Sample, ten_crop_transform, test_transform
-from WSOL.inference import Batch, box_results, image_size, maxboxacc_counts, predict, save_maps, saved_map_batches
+from WSOL.datasets import Sample, ten_crop_transform, test_transform
+from WSOL.inference import (
+    Batch,
+    BoxResults,
+    box_results,
+    evaluation_loader,
+    image_size,
+    maxboxacc_counts,
+    predict,
+    save_maps,
+    saved_map_batches,
+)
 
 log = logging.getLogger("evaluator")
 
@@ -47,58 +58,63 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 class OverlayWriter:
-    """Writes the first N images of the test set with their map, predicted box (green)
-    and GT boxes (red), in the center-crop frame the boxes are scored in."""
+    """Writes the first N images of the test set (sample indices below N, whichever
+    process holds them) with their map, predicted box (green) and GT boxes (red), in the
+    center-crop frame the boxes are scored in."""
 
     def __init__(self, samples: list[Sample], count: int, directory: Path, resize: int, crop: int) -> None:
-        self.samples, self.remaining, self.directory = samples, count, directory
+        self.samples, self.count, self.directory = samples, count, directory
         self.resize, self.crop = resize, crop
 
     def __call__(self, batch: Batch, boxes: np.ndarray) -> None:
-        maps = metrics.resize_maps(metrics.normalize_minmax(batch.maps), self.crop)
-        for row, index in enumerate(batch.indices[: self.remaining]):
-            sample = self.samples[index]
+        rows = np.flatnonzero(batch.indices < self.count)
+        if len(rows) == 0:
+            return
+        maps = metrics.resize_maps(metrics.normalize_minmax(batch.maps[rows]), self.crop)
+        shift = (self.resize - self.crop) // 2
+        for row, score_map in zip(rows, maps):
+            sample = self.samples[batch.indices[row]]
             with Image.open(sample.path) as image:
                 image = np.asarray(image.convert("RGB").resize((self.resize, self.resize), Image.BILINEAR))
-            shift = (self.resize - self.crop) // 2
             image = np.ascontiguousarray(image[shift : shift + self.crop, shift : shift + self.crop])
             gt = metrics.boxes_in_crop(sample.boxes, image_size(sample), self.resize, self.crop)
             name = Path(sample.image_id).with_suffix(".png").name
-            save_rgb(self.directory / name, overlay(image, maps[row], boxes[row, 0], gt))
-        self.remaining = max(0, self.remaining - len(batch.indices))
+            save_rgb(self.directory / name, overlay(image, score_map, boxes[row, 0], gt))
 
 
-def evaluate_model(args: argparse.Namespace) -> dict:
-    model, extra, values, device = model_for_evaluation(args)
+def evaluate_model(args: argparse.Namespace, device: torch.device, rank: int = 0, world: int = 1) -> dict:
+    """The report of the checkpoint ``args`` names; under torchrun each process scores its
+    share of the test set and every process returns the whole set's report."""
+    model, extra, values = model_for_evaluation(args, device)
     args.threshold = args.threshold or [extra.get("best_thr") or values.threshold]
     args.topk = args.topk or values.topk
     args.output_dir = args.output_dir or args.checkpoint.parent / f"eval_{args.split}"
     samples = load_samples(args, args.split)
-    progress = not args.no_progress
+    progress = not args.no_progress and rank == 0
 
-    def loader(transform) -> DataLoader:
-        return DataLoader(ImageDataset(samples, transform), batch_size=args.batch_size, num_workers=args.workers)
+    def batches(transform):
+        loader = evaluation_loader(samples, transform, args.batch_size, args.workers, device, rank, world)
+        return predict(model, loader, device, args.topk, args.amp, progress, args.channels_last)
 
     crop_transform = test_transform(values.resize, values.crop)
     if args.tencrop:
-        tencrop = ten_crop_transform(values.resize, values.crop)
-        crop_transform = _Both(crop_transform, tencrop)
+        crop_transform = _Both(crop_transform, ten_crop_transform(values.resize, values.crop))
     writer = OverlayWriter(samples, args.save_images, args.output_dir / "images", values.resize, values.crop)
-    batches = predict(model, loader(crop_transform), device, args.topk, args.amp, progress)
-    results = box_results(batches, samples, args.threshold, values.resize, values.crop, args.inclusive_box, writer)
+    local = box_results(
+        batches(crop_transform), samples, args.threshold, values.resize, values.crop, args.inclusive_box, writer
+    )
+    results = BoxResults.concatenate(gather_objects(local))
     report = {"checkpoint": str(args.checkpoint), "split": args.split, **results.summary(args.threshold)}
 
     if not args.no_maxboxacc or args.save_maps:
-        uncropped = predict(
-            model, loader(test_transform(values.crop, values.crop)), device, args.topk, args.amp, progress
-        )
+        uncropped = batches(test_transform(values.crop, values.crop))
         if args.save_maps:
             uncropped = _saving(uncropped, samples, args.save_maps)
         if args.no_maxboxacc:
             for _ in uncropped:  # the maps are only saved
                 pass
         else:
-            counts = maxboxacc_counts(uncropped, samples, values.crop)
+            counts = sum(gather_objects(maxboxacc_counts(uncropped, samples, values.crop)))
             report.update(metrics.maxboxacc_from_counts(counts, len(samples)))
     return report
 
@@ -120,19 +136,21 @@ def _saving(batches, samples, directory):
         yield batch
 
 
-def evaluate_saved_maps(args: argparse.Namespace) -> dict:
+def evaluate_saved_maps(args: argparse.Namespace, rank: int = 0, world: int = 1) -> dict:
     """MaxBoxAccV2, and GT-known Loc at --threshold, of saved maps against the dataset's
-    boxes (resized to 224 x 224, as wsolevaluation)."""
+    boxes (resized to 224 x 224, as wsolevaluation); each process scores its share."""
     resolve_preset(args)
     args.output_dir = args.output_dir or args.maps
     thresholds = args.threshold or [0.5]
     samples = load_samples(args, args.split)
-    best_iou, counts = [], 0
-    for chunk, maps in saved_map_batches(args.maps, samples, metrics.CROP):
+    best_iou, counts = [np.zeros((0, len(thresholds)))], 0
+    for chunk, maps in saved_map_batches(args.maps, samples[rank::world], metrics.CROP):
         gt = [metrics.boxes_resized(s.boxes, image_size(s), metrics.CROP) for s in chunk]
         best_iou.append(metrics.original_protocol_ious(maps, gt, thresholds, size=metrics.CROP)[0])
         counts = counts + metrics.maxboxacc_correct(maps, gt, size=metrics.CROP).sum(0)
-    gt_known = 100.0 * (np.concatenate(best_iou) >= 0.5).mean(0)
+    gathered = gather_objects((np.concatenate(best_iou), counts))
+    gt_known = 100.0 * (np.concatenate([part[0] for part in gathered]) >= 0.5).mean(0)
+    counts = sum(part[1] for part in gathered)
     best = int(np.argmax(gt_known))
     report = {"maps": str(args.maps), "split": args.split, "images": len(samples)}
     report.update(gt_known=float(gt_known[best]), threshold=float(thresholds[best]))
@@ -161,11 +179,16 @@ def print_table(report: dict) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = get_args_parser().parse_args()
-    report = evaluate_saved_maps(args) if args.maps else evaluate_model(args)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    print_table(report)
-    print(f"metrics written to {args.output_dir / 'metrics.json'}")
+    device, rank, world = init_distributed(args.device)
+    if rank > 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    report = evaluate_saved_maps(args, rank, world) if args.maps else evaluate_model(args, device, rank, world)
+    if rank == 0:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        (args.output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        print_table(report)
+        print(f"metrics written to {args.output_dir / 'metrics.json'}")
+    finish_distributed()
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from bas.amc import global_average
-from bas.engine import autocast
+from bas.engine import autocast, loader_options
 from WSOL import metrics
-from WSOL.datasets import DatasetError, Sample
+from WSOL.datasets import DatasetError, ImageDataset, Sample
 from WSOL.models import Generator
 
 
@@ -36,6 +36,7 @@ def predict(
     topk: int,
     amp: str | None = None,
     progress: bool = True,
+    channels_last: bool = False,
 ) -> Iterator[Batch]:
     """Maps of the GT class (topk=1) or of the top-k predicted classes, batch by batch.
 
@@ -43,17 +44,19 @@ def predict(
     the mean softmax of the ten crops (classification only, as in the original).
     """
     model.eval()
+    layout = torch.channels_last if channels_last else torch.preserve_format
     for images, labels, indices in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
         tencrop = None
         if isinstance(images, (list, tuple)):
             images, tencrop = images
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=layout)
+        labels = labels.to(device, non_blocking=True)
         with autocast(device, amp):
             score, maps = model.localize(images, labels if topk == 1 else None, topk)
             probs = score.float().softmax(1)
             if tencrop is not None:
                 b, n = tencrop.shape[:2]
-                crops = tencrop.to(device, non_blocking=True).flatten(0, 1)  # (B*10) x 3 x H x W
+                crops = tencrop.flatten(0, 1).to(device, non_blocking=True, memory_format=layout)  # (B*10) x 3 x H x W
                 crop_scores = global_average(model.features_and_class_map(crops)[1])  # (B*10) x C
                 probs = crop_scores.float().softmax(1).view(b, n, -1).mean(1)
         yield Batch(indices.numpy(), labels.cpu().numpy(), probs.cpu(), maps[:, 0].float().cpu().numpy())
@@ -63,6 +66,14 @@ def shard(dataset: torch.utils.data.Dataset, rank: int, world: int) -> torch.uti
     """This process's share of a test set: every world-th sample from ``rank`` on, so that
     every sample is seen exactly once across processes (no padded duplicates)."""
     return dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
+
+
+def evaluation_loader(
+    samples: list[Sample], transform, batch_size: int, workers: int, device: torch.device, rank: int, world: int
+) -> torch.utils.data.DataLoader:
+    """Batches of this process's share of ``samples``, in order."""
+    dataset = shard(ImageDataset(samples, transform), rank, world)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, **loader_options(workers, device))
 
 
 def image_size(sample: Sample) -> tuple[int, int]:

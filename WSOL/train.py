@@ -21,25 +21,29 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from bas.amc import bas_loss
 from bas.engine import (
     Average,
     JsonLines,
+    SeededItems,
+    ShuffledShards,
     autocast,
     epoch_seed,
+    finish_distributed,
     gather_objects,
     init_distributed,
+    loader_options,
     save_atomic,
     seed_everything,
     set_step_lr,
     sgd,
 )
-from WSOL.cli import load_samples, resolve_preset, script_parser
+from WSOL.cli import add_speed_arguments, load_samples, resolve_preset, script_parser
 from WSOL.datasets import ImageDataset, test_transform, train_transform
-from WSOL.inference import BoxResults, box_results, predict, shard
+from WSOL.inference import BoxResults, box_results, evaluation_loader, predict
 from WSOL.models import build_model
 
 log = logging.getLogger("train")
@@ -72,10 +76,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("run")
     group.add_argument("--output-dir", type=Path, help="default: logs/<root>/<arch>_<method>")
     group.add_argument("--seed", type=int, default=6, help="6, as the original")
-    group.add_argument("--device", help="default: cuda when present, else cpu")
-    group.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (default: fp32, exact reproduction)")
     group.add_argument("--resume", action="store_true", help="continue from <output-dir>/last.pth")
     group.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    group = add_speed_arguments(parser)
+    group.add_argument("--compile", action="store_true", help="torch.compile the training forward pass")
     group = parser.add_argument_group("distributed (torchrun --nproc_per_node N train.py ...)")
     group.add_argument("--sync-bn", action="store_true", help="synchronize BatchNorm statistics across processes")
     group.add_argument("--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS)
@@ -99,8 +103,10 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, args, device, 
     model.train()
     meters: dict[str, Average] = {}
     progress = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=args.no_progress or not show)
+    layout = torch.channels_last if args.channels_last else torch.preserve_format
     for step, (images, labels, _) in enumerate(progress):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=layout)
+        labels = labels.to(device, non_blocking=True)
         with autocast(device, args.amp):
             out = model(images, labels)
             loss, parts = bas_loss(out, labels, args.alpha, args.beta)
@@ -142,17 +148,20 @@ def train(args: argparse.Namespace) -> dict:
 
     # ============ data ============
     train_set = ImageDataset(load_samples(args, "train"), train_transform(args.resize, args.crop))
+    sampler = ShuffledShards(len(train_set), rank, world, args.seed)
+    train_loader = DataLoader(
+        SeededItems(train_set), batch_size=batch_size, sampler=sampler, **loader_options(args.workers, device)
+    )
     test_samples = load_samples(args, args.eval_split)
-    test_loader = DataLoader(
-        shard(ImageDataset(test_samples, test_transform(args.resize, args.crop)), rank, world),
-        batch_size=batch_size,
-        num_workers=args.workers,
-        pin_memory=device.type == "cuda",
+    test_loader = evaluation_loader(
+        test_samples, test_transform(args.resize, args.crop), batch_size, args.workers, device, rank, world
     )
     log.info("%d training images, %d %s images", len(train_set), len(test_samples), args.eval_split)
 
     # ============ model and optimizer ============
     model = build_model(args.arch, args.num_classes, args.pretrained, args.method).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if world > 1 and args.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = sgd(model, args.lr, args.weight_decay, args.momentum)
@@ -178,29 +187,21 @@ def train(args: argparse.Namespace) -> dict:
         if world > 1
         else model
     )
+    if args.compile:
+        trained = torch.compile(trained)
 
     # ============ training loop ============
     summary = {}
     for epoch in range(start_epoch, args.epochs):
         lr = set_step_lr(optimizer, args.lr, epoch, args.decay_epoch)
-        seed = epoch_seed(args.seed, epoch)
-        seed_everything(seed + rank)
-        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=seed) if world > 1 else None
-        loader = DataLoader(
-            train_set,
-            batch_size=batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
-            num_workers=args.workers,
-            pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(seed + rank),
-        )
+        seed_everything(epoch_seed(args.seed, epoch) + rank)
+        sampler.set_epoch(epoch)
         record = {"epoch": epoch + 1, "lr": lr}
-        record["train"] = train_one_epoch(trained, loader, optimizer, scaler, epoch, args, device, main_process)
+        record["train"] = train_one_epoch(trained, train_loader, optimizer, scaler, epoch, args, device, main_process)
 
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
             progress = main_process and not args.no_progress
-            batches = predict(model, test_loader, device, args.topk, args.amp, progress=progress)
+            batches = predict(model, test_loader, device, args.topk, args.amp, progress, args.channels_last)
             local = box_results(batches, test_samples, args.threshold, args.resize, args.crop)
             summary = BoxResults.concatenate(gather_objects(local)).summary(args.threshold)
             record["test"] = {k: v for k, v in summary.items() if k != "per_threshold"}
@@ -220,8 +221,7 @@ def train(args: argparse.Namespace) -> dict:
 
     if main_process:
         write_summary(args, history.records())
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    finish_distributed()
     return summary
 
 

@@ -86,6 +86,57 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 10_000 + epoch
 
 
+# ---------------------------------------------------------------------------- data
+def loader_options(workers: int, device: torch.device) -> dict:
+    """DataLoader settings every script uses: worker processes kept alive across epochs,
+    pinned memory for a CUDA device."""
+    return {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
+
+
+class ShuffledShards(torch.utils.data.Sampler):
+    """This process's share of each epoch's shuffle, as (index, seed) pairs for
+    ``SeededItems``.
+
+    The order and each sample's augmentation depend on (seed, epoch, index) only: a
+    resumed run repeats an uninterrupted one, and loader workers can live across epochs
+    (``persistent_workers``) with any number of them giving the same batches. Call
+    ``set_epoch`` before each epoch.
+    """
+
+    def __init__(self, size: int, rank: int = 0, world: int = 1, seed: int = 0) -> None:
+        self.order = torch.utils.data.DistributedSampler(range(size), world, rank, shuffle=True, seed=seed)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.order.set_epoch(epoch)
+
+    def __iter__(self):
+        first = epoch_seed(self.seed, self.epoch) * 10**8  # distinct per sample for datasets under 10^8 images
+        return ((index, first + index) for index in self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """``dataset[index]`` with torch's random generator seeded by the seed that comes with
+    the index (from ``ShuffledShards``), so random transforms do not depend on which
+    worker runs them or on what it ran before. The caller's generator state is kept."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
 # ------------------------------------------------------------------------ checkpoints
 def save_atomic(obj: Any, path: str | Path) -> None:
     """torch.save into a temporary file beside ``path``, then rename: a crash never
@@ -167,8 +218,10 @@ def init_distributed(device_name: str | None = None) -> tuple[torch.device, int,
     return device, torch.distributed.get_rank(), world
 
 
-def is_main_process() -> bool:
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+def finish_distributed() -> None:
+    """Leaves the process group, if this process joined one."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def gather_objects(obj: Any) -> list:

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from WSOL import evaluator
+from WSOL import count_pxap, evaluator
 from WSOL.synthetic import make_synthetic
 from WSOL.train import get_args_parser
 
-TRAIN = Path(__file__).resolve().parents[1] / "WSOL" / "train.py"
-COMMON = ["--workers", "0", "--no-progress", "--batch-size", "16", "--threshold", "0.2", "0.4", "--decay-epoch", "1"]
+WSOL = Path(__file__).resolve().parents[1] / "WSOL"
+COMMON = ["--workers", "0", "--no-progress"]
+THRESHOLDS = ["--threshold", "0.2", "0.4"]
 
 
 @pytest.fixture(scope="module")
@@ -21,17 +22,21 @@ def data_dir(tmp_path_factory):
     return make_synthetic(tmp_path_factory.mktemp("data") / "Synthetic", num_train=48, num_test=15, seed=2)
 
 
-def torchrun(data_dir, output_dir, *extra):
+def torchrun(script, data_dir, output_dir, *extra):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += [str(TRAIN), "--data-dir", str(data_dir), "--output-dir", str(output_dir), *COMMON, *extra]
+    command += [str(WSOL / script), "--data-dir", str(data_dir), "--output-dir", str(output_dir), *COMMON, *extra]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def train(data_dir, output_dir, *extra):
+    torchrun("train.py", data_dir, output_dir, "--batch-size", "16", "--decay-epoch", "1", *THRESHOLDS, *extra)
+
+
 def test_two_processes_train_evaluate_exactly_and_resume(data_dir, tmp_path):
-    torchrun(data_dir, tmp_path / "whole", "--epochs", "2")
-    torchrun(data_dir, tmp_path / "parts", "--epochs", "1")
-    torchrun(data_dir, tmp_path / "parts", "--epochs", "2", "--resume")
+    train(data_dir, tmp_path / "whole", "--epochs", "2")
+    train(data_dir, tmp_path / "parts", "--epochs", "1")
+    train(data_dir, tmp_path / "parts", "--epochs", "2", "--resume")
 
     # Resumed under DDP == uninterrupted under DDP.
     whole = torch.load(tmp_path / "whole" / "last.pth", weights_only=True)
@@ -46,10 +51,19 @@ def test_two_processes_train_evaluate_exactly_and_resume(data_dir, tmp_path):
     test = records[-1]["test"]
     assert test["images"] == 15
     torch.save({**whole, "arch": "tiny", "method": "bas", "num_classes": 4}, tmp_path / "final.pth")
-    argv = ["--data-dir", str(data_dir), "--checkpoint", str(tmp_path / "final.pth"), "--workers", "0"]
-    argv += ["--no-progress", "--no-maxboxacc", "--threshold", "0.2", "0.4", "--output-dir", str(tmp_path / "ev")]
-    single = evaluator.evaluate_model(evaluator.get_args_parser().parse_args(argv))
+    checkpoint = ["--checkpoint", str(tmp_path / "final.pth")]
+    argv = ["--data-dir", str(data_dir), *checkpoint, *COMMON, "--output-dir", str(tmp_path / "ev")]
+    single = evaluator.evaluate_model(evaluator.get_args_parser().parse_args([*argv, *THRESHOLDS]), torch.device("cpu"))
     assert {k: single[k] for k in test} == test
+
+    # evaluator.py and count_pxap.py under torchrun: the single-process numbers, MaxBoxAccV2 included.
+    torchrun("evaluator.py", data_dir, tmp_path / "ev2", *checkpoint, *THRESHOLDS, "--save-images", "3")
+    sharded = json.loads((tmp_path / "ev2" / "metrics.json").read_text())
+    assert sharded == single
+    assert len(list((tmp_path / "ev2" / "images").glob("*.png"))) == 3
+    torchrun("count_pxap.py", data_dir, tmp_path / "px2", *checkpoint)
+    pixel = count_pxap.evaluate(count_pxap.get_args_parser().parse_args(argv), torch.device("cpu"))
+    assert json.loads((tmp_path / "px2" / "metrics_pxap.json").read_text()) == pixel
 
 
 @pytest.mark.parametrize("argv", [["--local_rank=1"], ["--local-rank=1"], ["--local-rank", "1"]])

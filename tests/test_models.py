@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from bas.amc import bas_loss
 from bas.backbones import ARCHS
 from WSOL.models import BASGenerator, CAMBaseline, build_model
 
@@ -101,6 +102,35 @@ def test_frozen_pass_leaves_running_statistics(model):
     reference.features_and_class_map(images)  # the real pass alone
     for (name, value), expected in zip(model.state_dict().items(), reference.state_dict().values()):
         assert torch.equal(value, expected), f"{name} differs: the frozen pass touched it"
+
+
+def loss_and_gradients(model, images, labels):
+    loss, _ = bas_loss(model(images, labels), labels, alpha=0.5, beta=1.5)
+    loss.backward()
+    return loss.detach(), [p.grad for p in model.parameters()]
+
+
+def test_channels_last_gives_the_same_loss_and_gradients(model):
+    """--channels-last: the same numbers from NHWC weights and images. In float64, as
+    float32 rounding, summed in another order, grows through a deep net at random init."""
+    images, labels = torch.randn(2, 3, 64, 64, dtype=torch.float64), torch.tensor([1, 4])
+    loss, grads = loss_and_gradients(fresh(model).double(), images, labels)
+    nhwc = fresh(model).double().to(memory_format=torch.channels_last)
+    nhwc_loss, nhwc_grads = loss_and_gradients(nhwc, images.to(memory_format=torch.channels_last), labels)
+    assert torch.allclose(nhwc_loss, loss, rtol=1e-12, atol=0)
+    for a, b in zip(nhwc_grads, grads):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_compiled_generator_gives_the_eager_loss_and_gradients():
+    """--compile: torch.compile traces the frozen tail's functional call as well."""
+    model = build_model("tiny", NUM_CLASSES).train()
+    images, labels = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 5])
+    loss, grads = loss_and_gradients(copy.deepcopy(model), images, labels)
+    compiled_loss, compiled_grads = loss_and_gradients(torch.compile(model), images, labels)
+    assert torch.allclose(compiled_loss, loss, atol=1e-5)
+    for a, b in zip(compiled_grads, grads):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_cam_baseline_trains_with_class_map_only():

@@ -43,7 +43,7 @@ def test_train_then_evaluate(data_dir, tmp_path, capsys):
         str(tmp_path / "ev"),
     ]
     args = evaluator.get_args_parser().parse_args(argv)
-    report = evaluator.evaluate_model(args)
+    report = evaluator.evaluate_model(args, torch.device("cpu"))
     assert report["images"] == 16
     assert 0 <= report["MaxBoxAccV2"] <= 100
     assert len(list((tmp_path / "ev" / "images").glob("*.png"))) == 3
@@ -51,8 +51,10 @@ def test_train_then_evaluate(data_dir, tmp_path, capsys):
 
 
 def test_resumed_run_equals_uninterrupted(data_dir, tmp_path):
+    """Also with loader workers (kept across epochs) in one run and none in the other:
+    batches and augmentations do not depend on them."""
     run_train(data_dir, tmp_path / "whole", "--epochs", "3", "--decay-epoch", "2")
-    run_train(data_dir, tmp_path / "parts", "--epochs", "2", "--decay-epoch", "2")  # interrupted after epoch 2
+    run_train(data_dir, tmp_path / "parts", "--epochs", "2", "--decay-epoch", "2", "--workers", "2")  # interrupted
     run_train(data_dir, tmp_path / "parts", "--epochs", "3", "--decay-epoch", "2", "--resume")
     whole = torch.load(tmp_path / "whole" / "last.pth", weights_only=True)
     parts = torch.load(tmp_path / "parts" / "last.pth", weights_only=True)
@@ -79,7 +81,7 @@ def test_saved_maps_are_scored_without_a_model(data_dir, tmp_path):
     report = evaluator.evaluate_saved_maps(evaluator.get_args_parser().parse_args([*argv, "--threshold", "0.5"]))
     assert report["images"] == 16 and report["gt_known"] == 100
     assert report["IoU30"] == report["IoU50"] == 100 and report["IoU70"] > 90
-    pixel = count_pxap.evaluate(count_pxap.get_args_parser().parse_args(argv))
+    pixel = count_pxap.evaluate(count_pxap.get_args_parser().parse_args(argv), torch.device("cpu"))
     # Bicubic resizing of the 64 px maps softens their edges against the nearest-resized masks.
     assert pixel["PxAP"] > 99.9 and pixel["PIoU"] > 97
 
@@ -92,5 +94,5 @@ def test_release_format_checkpoint_needs_only_the_arch(data_dir, tmp_path):
     torch.save({"model": model.state_dict(), "best_thr": 0.3, "epoch": 9}, tmp_path / "release.pth.tar")
     argv = ["--data-dir", str(data_dir), "--checkpoint", str(tmp_path / "release.pth.tar"), "--arch", "tiny"]
     argv += ["--workers", "0", "--no-progress", "--no-maxboxacc", "--output-dir", str(tmp_path / "ev")]
-    report = evaluator.evaluate_model(evaluator.get_args_parser().parse_args(argv))
+    report = evaluator.evaluate_model(evaluator.get_args_parser().parse_args(argv), torch.device("cpu"))
     assert report["images"] == 16 and report["threshold"] == 0.3

@@ -1,0 +1,81 @@
+"""Training plumbing: the learning-rate schedule, shuffling and seeded augmentation."""
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from bas.engine import SeededItems, ShuffledShards, param_groups, set_step_lr, sgd
+
+
+class RandomDraws(Dataset):
+    """Item i: (a random draw from torch's generator, i), as a random transform would make."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, index):
+        return torch.rand(3), index
+
+
+def epochs(loader, sampler, count=2):
+    out = []
+    for epoch in range(count):
+        sampler.set_epoch(epoch)
+        out.append([(draws, indices) for draws, indices in loader])
+    return out
+
+
+def test_every_index_once_per_epoch_over_the_shards():
+    shards = [ShuffledShards(10, rank, 2, seed=3) for rank in range(2)]
+    indices = sorted(index for shard in shards for index, _ in shard)
+    assert indices == list(range(10))
+    seeds = {index: seed for shard in shards for index, seed in shard}
+    assert len(set(seeds.values())) == 10  # one seed per sample
+
+
+def test_order_and_seeds_change_with_the_epoch_only():
+    sampler = ShuffledShards(10, seed=3)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert [i for i, _ in first] != [i for i, _ in second]
+    assert not {s for _, s in first} & {s for _, s in second}
+    sampler.set_epoch(0)
+    assert list(sampler) == first == list(ShuffledShards(10, seed=3))
+
+
+def test_seeded_item_ignores_and_keeps_the_callers_generator():
+    items = SeededItems(RandomDraws())
+    torch.manual_seed(0)
+    first = items[(4, 123)][0]
+    state = torch.get_rng_state()
+    torch.manual_seed(99)
+    again = items[(4, 123)][0]
+    assert torch.equal(first, again)
+    assert not torch.equal(first, items[(4, 124)][0])
+    torch.manual_seed(0)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_persistent_workers_give_the_batches_of_no_workers():
+    sampler = ShuffledShards(10, seed=5)
+    plain = DataLoader(SeededItems(RandomDraws()), batch_size=4, sampler=sampler)
+    expected = epochs(plain, sampler)
+    workers = DataLoader(
+        SeededItems(RandomDraws()), batch_size=4, sampler=sampler, num_workers=2, persistent_workers=True
+    )
+    for got, want in zip(epochs(workers, sampler), expected):
+        for (draws, indices), (want_draws, want_indices) in zip(got, want, strict=True):
+            assert torch.equal(indices, want_indices) and torch.equal(draws, want_draws)
+
+
+def test_learning_rate_groups_and_steps():
+    model = torch.nn.Sequential()
+    model.add_module("features", torch.nn.Conv2d(1, 2, 1))
+    model.add_module("classifier", torch.nn.Conv2d(2, 3, 1))
+    groups = {g["lr_multiplier"]: g["params"] for g in param_groups(model, 0.1)}
+    assert groups[1][0] is model.features.weight and groups[2][0] is model.features.bias
+    assert groups[10][0] is model.classifier.weight and groups[20][0] is model.classifier.bias
+    optimizer = sgd(model, 0.1)
+    assert set_step_lr(optimizer, 0.1, epoch=5, decay_epoch=3) == pytest.approx(0.01)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.02, 0.1, 0.2])
