@@ -71,6 +71,8 @@ def script_parser(description: str) -> argparse.ArgumentParser:
     )
     add_data_arguments(parser)
     add_model_arguments(parser)
+    # The legacy launcher (python -m torch.distributed.launch) passes the local rank as a flag.
+    parser.add_argument("--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS)
     return parser
 
 

@@ -83,7 +83,7 @@ def evaluate(args: argparse.Namespace, device: torch.device, rank: int = 0, worl
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = get_args_parser().parse_args()
-    device, rank, world = init_distributed(args.device)
+    device, rank, world = init_distributed(args.device, args.local_rank)
     if rank > 0:
         logging.getLogger().setLevel(logging.WARNING)
     report = evaluate(args, device, rank, world)

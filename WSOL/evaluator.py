@@ -179,7 +179,7 @@ def print_table(report: dict) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = get_args_parser().parse_args()
-    device, rank, world = init_distributed(args.device)
+    device, rank, world = init_distributed(args.device, args.local_rank)
     if rank > 0:
         logging.getLogger().setLevel(logging.WARNING)
     report = evaluate_saved_maps(args, rank, world) if args.maps else evaluate_model(args, device, rank, world)

@@ -143,11 +143,10 @@ def level_extents(quantized: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return np.stack([x0, y0, x1, y1], axis=1)
 
 
-def contours_by_level(
-    quantized: np.ndarray, levels: np.ndarray, multi_contour: bool = True
-) -> tuple[list[np.ndarray], list[int]]:
-    """The contours (outer and inner, cv2.RETR_TREE) of the map thresholded at each level
-    (pixels > level), or the largest one only; with the number per level.
+def contours_by_level(quantized: np.ndarray, levels: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
+    """Every contour, outer and inner, of the map thresholded at each level (pixels >
+    level), with the number per level: wsolevaluation's cv2.RETR_TREE contours, listed
+    without the hierarchy (cv2.RETR_LIST), which no box needs.
 
     Each level is traced inside the rectangle of its foreground (OpenCV traces pixels on
     the border as any other): the same contours as on the whole map, on fewer pixels.
@@ -155,9 +154,7 @@ def contours_by_level(
     found, counts = [], []
     for level, (x0, y0, x1, y1) in zip(levels.tolist(), level_extents(quantized, levels).tolist()):
         binary = cv2.threshold(quantized[y0 : y1 + 1, x0 : x1 + 1], level, 255, cv2.THRESH_BINARY)[1]
-        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE, offset=(x0, y0))[-2]
-        if contours and not multi_contour:
-            contours = [max(contours, key=cv2.contourArea)]
+        contours = cv2.findContours(binary, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE, offset=(x0, y0))[-2]
         found.extend(contours)
         counts.append(len(contours))
     return found, counts
@@ -173,7 +170,7 @@ def contour_boxes(contours: list[np.ndarray], width: int, height: int) -> np.nda
     return np.stack([low[:, 0], low[:, 1], x1, y1], axis=1).astype(np.int64)
 
 
-def best_iou_per_level(score_map: np.ndarray, gt: np.ndarray, cam_thresholds: np.ndarray, multi_contour: bool):
+def best_iou_per_level(score_map: np.ndarray, gt: np.ndarray, cam_thresholds: np.ndarray) -> np.ndarray:
     """One size x size map in [0, 1] -> the best IoU of any of its boxes with any GT box,
     at each CAM threshold (T).
 
@@ -186,7 +183,7 @@ def best_iou_per_level(score_map: np.ndarray, gt: np.ndarray, cam_thresholds: np
     if quantized.max() == 0:  # nothing above any level: wsolevaluation's box [0, 0, 0, 0]
         return np.full(len(cam_thresholds), box_iou(np.zeros((1, 4)), gt).max())
     # Every level below the max leaves some pixel above it, so each has a contour.
-    contours, counts = contours_by_level(quantized, unique, multi_contour)
+    contours, counts = contours_by_level(quantized, unique)
     boxes = contour_boxes(contours, *score_map.shape[::-1])
     best = np.maximum.reduceat(box_iou(boxes, gt).max(-1), np.cumsum([0] + counts[:-1]))  # levels
     return best[position]
@@ -198,7 +195,6 @@ def maxboxacc_correct(
     size: int = CROP,
     iou_thresholds: Sequence[int] = IOU_THRESHOLDS,
     cam_thresholds: np.ndarray = CAM_THRESHOLDS,
-    multi_contour: bool = True,
 ) -> np.ndarray:
     """Raw maps (any size) and GT boxes in the size x size frame -> N x T x I bool: some
     box at CAM threshold t has IoU >= the IoU threshold with some GT box."""
@@ -206,7 +202,7 @@ def maxboxacc_correct(
     correct = np.zeros((len(maps), len(cam_thresholds), len(iou_limits)), dtype=bool)
     for n, (raw, gt) in enumerate(zip(maps, gt_boxes)):
         resized = cv2.resize(raw.astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
-        best = best_iou_per_level(normalize_scoremap(resized), gt, cam_thresholds, multi_contour)
+        best = best_iou_per_level(normalize_scoremap(resized), gt, cam_thresholds)
         correct[n] = best[:, None] >= iou_limits
     return correct
 

@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -82,7 +81,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--compile", action="store_true", help="torch.compile the training forward pass")
     group = parser.add_argument_group("distributed (torchrun --nproc_per_node N train.py ...)")
     group.add_argument("--sync-bn", action="store_true", help="synchronize BatchNorm statistics across processes")
-    group.add_argument("--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS)
     return parser
 
 
@@ -124,9 +122,7 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, args, device, 
 
 def train(args: argparse.Namespace) -> dict:
     fill_defaults(args)
-    if args.local_rank is not None:  # the legacy torch.distributed.launch passes it as a flag
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    device, rank, world = init_distributed(args.device)
+    device, rank, world = init_distributed(args.device, args.local_rank)
     main_process = rank == 0
     if args.batch_size % world:
         raise SystemExit(f"--batch-size {args.batch_size} (global) does not split over {world} processes")

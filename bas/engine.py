@@ -202,14 +202,15 @@ class Average:
 
 
 # ------------------------------------------------------------------------ distributed
-def init_distributed(device_name: str | None = None) -> tuple[torch.device, int, int]:
-    """One code path for 1..N processes: under torchrun (or the legacy launcher, which
-    sets LOCAL_RANK) join the process group, nccl on CUDA and gloo on the CPU.
-    Returns (device, rank, world size); a plain ``python train.py`` gets rank 0 of 1."""
+def init_distributed(device_name: str | None = None, local_rank: int | None = None) -> tuple[torch.device, int, int]:
+    """One code path for 1..N processes: under torchrun (or the legacy launcher, whose
+    ``--local-rank`` flag is ``local_rank``) join the process group, nccl on CUDA and
+    gloo on the CPU. Returns (device, rank, world size); a plain ``python train.py``
+    gets rank 0 of 1."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world == 1:
         return pick_device(device_name), 0, 1
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
     device = pick_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)

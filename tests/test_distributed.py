@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from WSOL import count_pxap, evaluator
+from WSOL import train as train_script
 from WSOL.synthetic import make_synthetic
-from WSOL.train import get_args_parser
 
 WSOL = Path(__file__).resolve().parents[1] / "WSOL"
 COMMON = ["--workers", "0", "--no-progress"]
@@ -22,8 +22,9 @@ def data_dir(tmp_path_factory):
     return make_synthetic(tmp_path_factory.mktemp("data") / "Synthetic", num_train=48, num_test=15, seed=2)
 
 
-def torchrun(script, data_dir, output_dir, *extra):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+def torchrun(script, data_dir, output_dir, *extra, launcher="torch.distributed.run"):
+    """Two processes of ``script``; the legacy launcher (torch.distributed.launch) passes --local-rank."""
+    command = [sys.executable, "-m", launcher, "--standalone", "--nproc_per_node", "2"]
     command += [str(WSOL / script), "--data-dir", str(data_dir), "--output-dir", str(output_dir), *COMMON, *extra]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -61,12 +62,13 @@ def test_two_processes_train_evaluate_exactly_and_resume(data_dir, tmp_path):
     sharded = json.loads((tmp_path / "ev2" / "metrics.json").read_text())
     assert sharded == single
     assert len(list((tmp_path / "ev2" / "images").glob("*.png"))) == 3
-    torchrun("count_pxap.py", data_dir, tmp_path / "px2", *checkpoint)
+    torchrun("count_pxap.py", data_dir, tmp_path / "px2", *checkpoint, launcher="torch.distributed.launch")
     pixel = count_pxap.evaluate(count_pxap.get_args_parser().parse_args(argv), torch.device("cpu"))
     assert json.loads((tmp_path / "px2" / "metrics_pxap.json").read_text()) == pixel
 
 
+@pytest.mark.parametrize("script", [train_script, evaluator, count_pxap], ids=lambda module: module.__name__)
 @pytest.mark.parametrize("argv", [["--local_rank=1"], ["--local-rank=1"], ["--local-rank", "1"]])
-def test_legacy_launcher_flag_is_accepted(argv):
+def test_legacy_launcher_flag_is_accepted(script, argv):
     """torch.distributed.launch passes the local rank as a flag, old and new spelling."""
-    assert get_args_parser().parse_args(argv).local_rank == 1
+    assert script.get_args_parser().parse_args(argv).local_rank == 1

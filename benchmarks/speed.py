@@ -1,0 +1,168 @@
+"""Speed of training and evaluation, as one table.
+
+- Training: forward + backward + SGD step of each BAS generator at 224 x 224, in fp32
+  and under bf16 autocast: images/s and the peak memory of the run (resident set on
+  the CPU, allocated memory on CUDA). ``--deepcopy`` also times the original's frozen
+  tail (a deep copy of the tail every step), side by side, for the speed-up.
+- Evaluation: the generator's forward pass (class scores and GT-class maps) per image,
+  and the post-processing of one map per image for the original protocol (one CAM
+  threshold) and for MaxBoxAccV2 (1,000 CAM thresholds), with its share of the forward.
+
+Each configuration runs in a fresh process, so that peak memory is its own.
+
+    python benchmarks/speed.py                               # everything, on CUDA when present
+    python benchmarks/speed.py --device cpu --arch mobilenet --deepcopy
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import multiprocessing
+import resource
+import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from unittest import mock
+
+import numpy as np
+import torch
+
+from bas import amc
+from bas.amc import bas_loss
+from bas.backbones import ARCHS
+from WSOL import metrics
+from WSOL.models import build_model
+
+
+def deepcopy_call(modules, x):
+    """The original's frozen tail: deep copies of the modules, run as they are."""
+    for module in modules:
+        x = copy.deepcopy(module)(x)
+    return x
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_mib(device: torch.device) -> float:
+    """This process's peak memory: allocated on CUDA, resident set (KiB on Linux) on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
+def timed(run, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per call of ``run``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        run()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        run()
+    synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
+def train_speed(arch: str, dtype: str, deepcopy: bool, args: argparse.Namespace) -> tuple[float, float]:
+    """(images/s, peak MiB) of training steps; run in a fresh process."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build_model(arch, args.num_classes).to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    images = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    labels = torch.randint(0, args.num_classes, (args.batch,), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss, _ = bas_loss(model(images, labels), labels, alpha=0.5, beta=1.5)
+        loss.backward()
+        optimizer.step()
+
+    with mock.patch.object(amc, "frozen_call", deepcopy_call) if deepcopy else nullcontext():
+        seconds = timed(step, args.steps, args.warmup, device)
+    return args.batch / seconds, peak_mib(device)
+
+
+@torch.inference_mode()
+def forward_ms(arch: str, args: argparse.Namespace) -> float:
+    """Milliseconds per image of the evaluation forward pass (scores and GT-class maps)."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build_model(arch, args.num_classes).to(device).eval()
+    images = torch.randn(args.eval_batch, 3, args.size, args.size, device=device)
+    labels = torch.randint(0, args.num_classes, (args.eval_batch,), device=device)
+    return 1000 * timed(lambda: model.localize(images, labels), args.steps, args.warmup, device) / args.eval_batch
+
+
+def post_processing_ms(count: int = 64) -> dict[str, float]:
+    """Milliseconds per image of each protocol, on smooth random 28 x 28 maps (low-resolution
+    noise upsampled and sharpened, the look of a generator's maps) and one GT box each."""
+    rng = np.random.default_rng(0)
+    maps = metrics.resize_maps(rng.random((count, 7, 7)).astype(np.float32), 28) ** 3
+    corners = rng.integers(0, 112, (count, 2))
+    gt = [np.array([[x, y, x + 100, y + 100]]) for x, y in corners]
+    protocols = {
+        "original (1 thr)": lambda: metrics.original_protocol_ious(maps, gt, [0.2]),
+        "MaxBoxAccV2 (1000 thr)": lambda: metrics.maxboxacc_correct(maps, gt),
+    }
+    return {name: 1000 * timed(run, 3, 1, torch.device("cpu")) / count for name, run in protocols.items()}
+
+
+def isolated(function, *args):
+    """``function(*args)`` in a fresh process (its own peak memory, no warm caches)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", nargs="+", default=list(ARCHS), choices=ARCHS)
+    parser.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=8, help="training batch")
+    parser.add_argument("--eval-batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--num-classes", type=int, default=200, help="200 as on CUB")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--deepcopy", action="store_true", help="also time the original deep-copied frozen tail")
+    parser.add_argument("--no-train", action="store_true", help="evaluation only")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU, {torch.get_num_threads()} threads"
+    print(f"{name}, torch {torch.__version__}, {args.size}x{args.size}, {args.num_classes} classes\n")
+
+    if not args.no_train:
+        memory = "peak alloc MiB" if device.type == "cuda" else "peak RSS MiB"
+        header = f"{'training, batch ' + str(args.batch):<22} {'images/s':>9} {memory:>14}"
+        print(header + (f" {'deepcopy img/s':>15} {'speed-up':>8}" if args.deepcopy else ""))
+        for arch in args.arch:
+            for dtype in args.dtype:
+                speed, peak = isolated(train_speed, arch, dtype, False, args)
+                line = f"{arch + ' ' + dtype:<22} {speed:9.2f} {peak:14.0f}"
+                if args.deepcopy:
+                    original, _ = isolated(train_speed, arch, dtype, True, args)
+                    line += f" {original:15.2f} {speed / original:7.2f}x"
+                print(line, flush=True)
+        print()
+
+    post = post_processing_ms()
+    header = f"{'evaluation per image':<22} {'forward ms':>10}" + "".join(f" {name + ' ms':>26}" for name in post)
+    print(header + f"   (forward: batch {args.eval_batch}; post-processing: CPU, share of the forward)")
+    for arch in args.arch:
+        forward = isolated(forward_ms, arch, args)
+        shares = "".join(f" {f'{ms:.2f} ({100 * ms / forward:.1f}%)':>26}" for ms in post.values())
+        print(f"{arch:<22} {forward:10.1f}{shares}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
