@@ -134,7 +134,10 @@ def box_results(
     ``on_batch(batch, boxes)`` sees each batch with its predicted boxes (N x T x 4), e.g.
     to write overlays, so the maps are not kept in memory.
     """
-    parts = []
+    empty = np.zeros(0, dtype=bool)
+    parts = [
+        BoxResults(np.zeros(0, dtype=np.int64), empty, empty, np.zeros((0, len(thresholds))))
+    ]  # a share may be empty
     for batch in batches:
         gt = [metrics.boxes_in_crop(samples[i].boxes, image_size(samples[i]), resize, crop) for i in batch.indices]
         best_iou, boxes = metrics.original_protocol_ious(batch.maps, gt, thresholds, size=crop, inclusive=inclusive)
@@ -150,11 +153,10 @@ def box_results(
 def maxboxacc_counts(batches: Iterator[Batch], samples: list[Sample], size: int) -> np.ndarray:
     """MaxBoxAccV2 (wsolevaluation): per CAM threshold and IoU threshold, the number of
     images localized; T x I counts sum across processes. Expects uncropped images."""
-    counts = None
+    counts = np.zeros((len(metrics.CAM_THRESHOLDS), len(metrics.IOU_THRESHOLDS)), dtype=np.int64)
     for batch in batches:
         gt = [metrics.boxes_resized(samples[i].boxes, image_size(samples[i]), size) for i in batch.indices]
-        correct = metrics.maxboxacc_correct(batch.maps, gt, size=size).sum(0)
-        counts = correct if counts is None else counts + correct
+        counts += metrics.maxboxacc_correct(batch.maps, gt, size=size).sum(0)
     return counts
 
 

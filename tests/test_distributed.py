@@ -5,11 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from WSOL import count_pxap, evaluator
+from WSOL import count_pxap, evaluator, inference
 from WSOL import train as train_script
+from WSOL.datasets import cub_release
 from WSOL.synthetic import make_synthetic
 
 WSOL = Path(__file__).resolve().parents[1] / "WSOL"
@@ -72,3 +74,20 @@ def test_two_processes_train_evaluate_exactly_and_resume(data_dir, tmp_path):
 def test_legacy_launcher_flag_is_accepted(script, argv):
     """torch.distributed.launch passes the local rank as a flag, old and new spelling."""
     assert script.get_args_parser().parse_args(argv).local_rank == 1
+
+
+def test_a_process_without_images_adds_nothing(data_dir):
+    """More processes than test images: an empty share gathers with the others."""
+    samples = cub_release(data_dir, "test")
+    assert len(inference.box_results(iter([]), samples, [0.2, 0.4], 72, 64).indices) == 0
+    maps = np.random.default_rng(0).random((2, 16, 16)).astype(np.float32)
+    batch = inference.Batch(
+        np.array([3, 1]), np.array([samples[3].label, 0]), torch.eye(4)[[samples[3].label, 1]], maps
+    )
+    whole = inference.box_results(iter([batch]), samples, [0.2, 0.4], 72, 64)
+    parts = [inference.box_results(iter(share), samples, [0.2, 0.4], 72, 64) for share in ([], [batch])]
+    gathered = inference.BoxResults.concatenate(parts)
+    assert gathered.indices.tolist() == [1, 3] and np.array_equal(gathered.best_iou, whole.best_iou)
+    assert gathered.top1.tolist() == [False, True]  # rows follow their index: image 1 is misclassified
+    counts = [inference.maxboxacc_counts(iter(share), samples, 64) for share in ([], [batch])]
+    assert np.array_equal(sum(counts), inference.maxboxacc_counts(iter([batch]), samples, 64))
