@@ -3,9 +3,9 @@
 Each image holds one elliptic object on a cluttered background. Its body carries a
 stripe texture whose orientation is shared by pairs of classes (weakly
 discriminative); a small disc on the body has the class colour (highly
-discriminative). A classifier can get by with the disc alone, so its CAM stays on the
-disc; BAS has to cover the whole body to suppress the background activation. Small
-distractor discs in the class colours sit in the background.
+discriminative). Small distractor discs in the class colours sit in the background,
+so the disc counts only on a striped body: CAM learns to cover the body too, and the
+set checks the pipeline end to end rather than showing BAS's gain over CAM.
 
 Boxes follow CUB: an object covering columns a..b and rows c..d (inclusive) is written
 as ``x=a y=c width=b-a+1 height=d-c+1``, i.e. x + width is one past the last pixel.
