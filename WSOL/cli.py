@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from bas.engine import memory_format
 from WSOL import datasets
 from WSOL.models import Generator, build_model, load_checkpoint, read_checkpoint
 from WSOL.presets import DEFAULT_ARCH, PRESETS, Preset, preset
@@ -144,6 +145,4 @@ def model_for_evaluation(args: argparse.Namespace, device: torch.device) -> tupl
     model = build_model(args.arch, args.num_classes, method=args.method or "bas")
     extra = load_checkpoint(model, checkpoint)
     log.info("loaded %s (epoch %s)", args.checkpoint, extra.get("epoch", "?"))
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model.to(device), extra, values
+    return model.to(device, memory_format=memory_format(args.channels_last)), extra, values

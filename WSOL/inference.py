@@ -14,7 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from bas.amc import global_average
-from bas.engine import autocast, loader_options
+from bas.engine import autocast, loader_options, memory_format
 from WSOL import metrics
 from WSOL.datasets import DatasetError, ImageDataset, Sample
 from WSOL.models import Generator
@@ -44,7 +44,7 @@ def predict(
     the mean softmax of the ten crops (classification only, as in the original).
     """
     model.eval()
-    layout = torch.channels_last if channels_last else torch.preserve_format
+    layout = memory_format(channels_last)
     for images, labels, indices in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
         tencrop = None
         if isinstance(images, (list, tuple)):

@@ -35,6 +35,7 @@ from bas.engine import (
     gather_objects,
     init_distributed,
     loader_options,
+    memory_format,
     save_atomic,
     seed_everything,
     set_step_lr,
@@ -101,7 +102,7 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, args, device, 
     model.train()
     meters: dict[str, Average] = {}
     progress = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=args.no_progress or not show)
-    layout = torch.channels_last if args.channels_last else torch.preserve_format
+    layout = memory_format(args.channels_last)
     for step, (images, labels, _) in enumerate(progress):
         images = images.to(device, non_blocking=True, memory_format=layout)
         labels = labels.to(device, non_blocking=True)
@@ -155,9 +156,8 @@ def train(args: argparse.Namespace) -> dict:
     log.info("%d training images, %d %s images", len(train_set), len(test_samples), args.eval_split)
 
     # ============ model and optimizer ============
-    model = build_model(args.arch, args.num_classes, args.pretrained, args.method).to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(args.arch, args.num_classes, args.pretrained, args.method)
+    model = model.to(device, memory_format=memory_format(args.channels_last))
     if world > 1 and args.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = sgd(model, args.lr, args.weight_decay, args.momentum)

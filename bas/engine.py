@@ -73,6 +73,12 @@ def autocast(device: torch.device, amp: str | None):
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """NHWC when asked (faster convolutions on recent GPUs), else the tensors' own layout;
+    for ``module.to(memory_format=...)`` and ``tensor.to(memory_format=...)`` alike."""
+    return torch.channels_last if channels_last else torch.preserve_format
+
+
 def seed_everything(seed: int) -> None:
     """Seeds Python, NumPy and torch (all devices)."""
     random.seed(seed)
