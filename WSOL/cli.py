@@ -49,7 +49,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--mask-dir", type=Path, help="root of the OpenImages masks named in the metadata (default: --data-dir)"
     )
-    group.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader processes")
+    group.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="data loader processes (kept alive across epochs)",
+    )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
