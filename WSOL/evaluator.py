@@ -180,8 +180,6 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = get_args_parser().parse_args()
     device, rank, world = init_distributed(args.device, args.local_rank)
-    if rank > 0:
-        logging.getLogger().setLevel(logging.WARNING)
     report = evaluate_saved_maps(args, rank, world) if args.maps else evaluate_model(args, device, rank, world)
     if rank == 0:
         args.output_dir.mkdir(parents=True, exist_ok=True)

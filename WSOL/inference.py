@@ -134,10 +134,8 @@ def box_results(
     ``on_batch(batch, boxes)`` sees each batch with its predicted boxes (N x T x 4), e.g.
     to write overlays, so the maps are not kept in memory.
     """
-    empty = np.zeros(0, dtype=bool)
-    parts = [
-        BoxResults(np.zeros(0, dtype=np.int64), empty, empty, np.zeros((0, len(thresholds))))
-    ]  # a share may be empty
+    no_rows = np.zeros(0, dtype=bool)  # a process's share may hold no image: zero rows, not nothing
+    parts = [BoxResults(np.zeros(0, dtype=np.int64), no_rows, no_rows, np.zeros((0, len(thresholds))))]
     for batch in batches:
         gt = [metrics.boxes_in_crop(samples[i].boxes, image_size(samples[i]), resize, crop) for i in batch.indices]
         best_iou, boxes = metrics.original_protocol_ious(batch.maps, gt, thresholds, size=crop, inclusive=inclusive)

@@ -178,10 +178,10 @@ def best_iou_per_level(score_map: np.ndarray, gt: np.ndarray, cam_thresholds: np
     changes at its distinct levels: contours are traced once per level.
     """
     quantized = (score_map * 255).astype(np.uint8)
-    levels = (cam_thresholds * int(quantized.max())).astype(np.int64)  # T
-    unique, position = np.unique(levels, return_inverse=True)
-    if quantized.max() == 0:  # nothing above any level: wsolevaluation's box [0, 0, 0, 0]
+    top = int(quantized.max())
+    if top == 0:  # nothing above any level: wsolevaluation's box [0, 0, 0, 0]
         return np.full(len(cam_thresholds), box_iou(np.zeros((1, 4)), gt).max())
+    unique, position = np.unique((cam_thresholds * top).astype(np.int64), return_inverse=True)  # int(t * max)
     # Every level below the max leaves some pixel above it, so each has a contour.
     contours, counts = contours_by_level(quantized, unique)
     boxes = contour_boxes(contours, *score_map.shape[::-1])

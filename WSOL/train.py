@@ -131,8 +131,6 @@ def train(args: argparse.Namespace) -> dict:
     seed_everything(args.seed)
     if main_process:
         args.output_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        log.setLevel(logging.WARNING)
     log.info(
         "training %s %s on %s (%s x %d), output in %s",
         args.method,

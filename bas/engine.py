@@ -8,6 +8,7 @@ a JSON-lines log.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import tempfile
@@ -211,8 +212,8 @@ class Average:
 def init_distributed(device_name: str | None = None, local_rank: int | None = None) -> tuple[torch.device, int, int]:
     """One code path for 1..N processes: under torchrun (or the legacy launcher, whose
     ``--local-rank`` flag is ``local_rank``) join the process group, nccl on CUDA and
-    gloo on the CPU. Returns (device, rank, world size); a plain ``python train.py``
-    gets rank 0 of 1."""
+    gloo on the CPU; processes other than rank 0 log warnings only. Returns (device,
+    rank, world size); a plain ``python train.py`` gets rank 0 of 1."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world == 1:
         return pick_device(device_name), 0, 1
@@ -222,7 +223,10 @@ def init_distributed(device_name: str | None = None, local_rank: int | None = No
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device, torch.distributed.get_rank(), world
+    rank = torch.distributed.get_rank()
+    if rank > 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    return device, rank, world
 
 
 def finish_distributed() -> None:
