@@ -25,6 +25,8 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from bas.errors import DatasetError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -38,10 +40,6 @@ WSOL_LAYOUT = (
     "optional image_sizes.txt and localization.txt"
 )
 FOLDERS_LAYOUT = "class folders <root>/<class>/<image>.JPEG (as torchvision's ImageFolder)"
-
-
-class DatasetError(ValueError):
-    """Bad dataset input, reported where it was found (file, line) so that it can be fixed."""
 
 
 @dataclass(frozen=True)

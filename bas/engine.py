@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from bas.outputs import replace_atomic
 
 
 # ----------------------------------------------------------------------- optimization
@@ -148,16 +149,12 @@ class SeededItems(torch.utils.data.Dataset):
 def save_atomic(obj: Any, path: str | Path) -> None:
     """torch.save into a temporary file beside ``path``, then rename: a crash never
     leaves a half-written checkpoint under the real name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
+
+    def write(fd: int) -> None:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    replace_atomic(write, path)
 
 
 # ---------------------------------------------------------------------------- logging
@@ -242,3 +239,16 @@ def gather_objects(obj: Any) -> list:
     gathered = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, obj)
     return gathered
+
+
+def share_buffers(model: nn.Module, source: int = 0) -> None:
+    """Give every process rank ``source``'s buffers (BatchNorm running statistics).
+
+    Without SyncBatchNorm each process's last training batch leaves its own statistics
+    (DDP copies rank 0's only at the start of each forward), while rank 0's are the ones
+    saved: evaluating with rank 0's on every process scores exactly the saved model.
+    """
+    if not torch.distributed.is_initialized():
+        return
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer, source)

@@ -1,0 +1,1 @@
+"""Weakly supervised semantic segmentation with BAS: multi-label BAS, seeds, IRN refinement."""
