@@ -11,12 +11,22 @@ from pathlib import Path
 import torch
 
 from bas.engine import memory_format
+from bas.errors import ArgumentError, CheckpointError, require_positive
+from bas.outputs import check_writable, read_marker
 from WSOL import datasets
 from WSOL.models import Generator, build_model, load_checkpoint, read_checkpoint
 from WSOL.presets import DEFAULT_ARCH, PRESETS, Preset, preset
-from WSOL.synthetic import PARAMS_FILE, make_synthetic
+from WSOL.synthetic import ensure_synthetic
 
 log = logging.getLogger(__name__)
+
+# What the marker of each output folder says it holds (bas.outputs).
+EVALUATION_KIND = "WSOL evaluation"
+MAPS_KIND = "WSOL maps"
+
+# The checkpoints train.py keeps besides last.pth, with the quantity each one maximizes
+# on the evaluation split (as the original).
+BEST_CHECKPOINTS = {"best_top1.pth": "top1_loc", "best_gt.pth": "gt_known", "best_loc.pth": "top1_loc+gt_known"}
 
 DEFAULT_DATA_DIRS = {
     "CUB": "data/CUB_200_2011",
@@ -77,6 +87,7 @@ def script_parser(description: str) -> argparse.ArgumentParser:
     )
     add_data_arguments(parser)
     add_model_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
     # The legacy launcher (python -m torch.distributed.launch) passes the local rank as a flag.
     parser.add_argument("--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS)
     return parser
@@ -90,8 +101,17 @@ def evaluation_parser(description: str) -> tuple[argparse.ArgumentParser, argpar
     group.add_argument("--checkpoint", type=Path, help="default: logs/<root>/<arch>_<method>/best_loc.pth")
     group.add_argument("--split", default="test")
     group.add_argument("--topk", type=int, help="maps averaged over the top-k classes (default: the preset's)")
-    group.add_argument("--maps", type=Path, help="score saved maps DIR/<image_id>.npy instead of a model")
-    group.add_argument("--output-dir", type=Path, help="default: beside the checkpoint (or the maps)")
+    group.add_argument(
+        "--maps",
+        type=Path,
+        help="score saved maps DIR/<image_id>.npy (wsolevaluation's format: 2-D, in [0, 1]) instead of a model; "
+        "maps written by evaluator.py --save-maps give the model's own MaxBoxAccV2 and keep its thresholds",
+    )
+    group.add_argument(
+        "--output-dir",
+        type=Path,
+        help="default: eval_<split> beside the checkpoint, or inside a --maps folder this project wrote",
+    )
     group.add_argument("--batch-size", type=int, default=64)
     group.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     add_speed_arguments(parser)
@@ -107,6 +127,54 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
     return group
 
 
+def check_evaluation_args(args: argparse.Namespace) -> None:
+    """Flags evaluator.py and count_pxap.py share, checked before any work."""
+    require_positive("--batch-size", args.batch_size)
+    require_positive("--topk", args.topk)
+    require_positive("--num-classes", args.num_classes)
+    if args.workers < 0:
+        raise ArgumentError(f"--workers {args.workers}: must be 0 or more")
+
+
+def evaluation_output_dir(args: argparse.Namespace) -> Path:
+    """Where the evaluation writes: --output-dir, else eval_<split> beside the checkpoint, or
+    inside a maps folder this project wrote (a foreign maps folder is never written into).
+    Checked now, made when the first file is written."""
+    if args.output_dir is None:
+        if args.maps is None:
+            args.output_dir = args.checkpoint.parent / f"eval_{args.split}"
+        elif (read_marker(args.maps) or {}).get("kind") == MAPS_KIND:
+            args.output_dir = args.maps / f"eval_{args.split}"
+        else:
+            raise ArgumentError(
+                f"--maps {args.maps} was not written by this project: pass --output-dir for the metrics"
+            )
+    return check_writable(args.output_dir, EVALUATION_KIND, "Choose another --output-dir.")
+
+
+def describe_checkpoint(path: Path, extra: dict) -> str:
+    """Which checkpoint is evaluated and what it holds: the best checkpoints of a run hold
+    the epoch that was best during training, not the last one."""
+    line = f"evaluating {path}"
+    if "epoch" in extra:
+        line += f" (epoch {extra['epoch']}"
+        quantity = BEST_CHECKPOINTS.get(path.name)
+        if quantity and "metrics" in extra:
+            line += f": the best {quantity.replace('+', ' + ').replace('_', ' ')} during training"
+        line += ")"
+    return line
+
+
+def class_names(args: argparse.Namespace) -> list[str] | None:
+    """Class names from the CUB release's classes.txt ("1 001.Black_footed_Albatross" ->
+    "Black_footed_Albatross"), where the dataset has them."""
+    path = args.data_dir / "classes.txt"
+    if args.root not in ("CUB", "Synthetic") or not path.is_file():
+        return None
+    names = [line.split(maxsplit=1)[-1] for line in path.read_text().splitlines() if line.strip()]
+    return [name.split(".", 1)[-1] for name in names]
+
+
 def resolve_preset(args: argparse.Namespace) -> Preset:
     """Fills ``args.arch``, ``args.data_dir`` and ``args.num_classes`` from the dataset."""
     args.arch = args.arch or DEFAULT_ARCH[args.root]
@@ -118,8 +186,8 @@ def resolve_preset(args: argparse.Namespace) -> Preset:
 
 def load_samples(args: argparse.Namespace, split: str) -> list[datasets.Sample]:
     """The samples of ``split`` ('train', 'val' or 'test') of ``args.root``."""
-    if args.root == "Synthetic" and not (args.data_dir / PARAMS_FILE).is_file():
-        make_synthetic(args.data_dir)  # first use: written once, in the CUB release format
+    if args.root == "Synthetic":  # written on first use, in the CUB release format
+        ensure_synthetic(args.data_dir, hint=synthetic_hint(args.data_dir))
     if args.metadata is not None:
         return datasets.wsol_metadata(args.metadata / split, args.data_dir, args.mask_dir)
     if args.root in ("CUB", "Synthetic"):
@@ -129,6 +197,21 @@ def load_samples(args: argparse.Namespace, split: str) -> list[datasets.Sample]:
     raise datasets.DatasetError(
         f"{args.root} {split}: pass --metadata <wsolevaluation metadata/{args.root}> "
         "(folders train/ val/ test/ with image_ids.txt, class_labels.txt, image_sizes.txt, localization.txt)"
+    )
+
+
+def synthetic_hint(folder: Path) -> str:
+    """What the user probably meant when --root Synthetic (the default) meets a folder that
+    is not the demo set."""
+    if (folder / "synthetic.json").is_file():
+        return f"It is an earlier version's demo set: remove it (rm -r {folder}) and run again."
+    if (folder / "images.txt").is_file() or (folder / "bounding_boxes.txt").is_file():
+        return "It looks like the CUB-200-2011 release: did you mean --root CUB?"
+    if (folder / "train").is_dir() or (folder / "val").is_dir():
+        return "It looks like a real dataset: did you mean --root ILSVRC or --root OpenImages (with --metadata)?"
+    return (
+        "--root Synthetic (the default) writes its demo set only into an absent or empty folder: "
+        "pass --root CUB / ILSVRC / OpenImages for a real dataset, or another --data-dir."
     )
 
 
@@ -144,10 +227,16 @@ def model_for_evaluation(args: argparse.Namespace, device: torch.device) -> tupl
         args.checkpoint = Path("logs") / args.root / f"{args.arch}_{args.method or 'bas'}" / "best_loc.pth"
     checkpoint = read_checkpoint(args.checkpoint)
     for key in ("arch", "method", "num_classes"):
-        if key in checkpoint and getattr(args, key, None) is None:
-            setattr(args, key, checkpoint[key])
+        given, recorded = getattr(args, key, None), checkpoint.get(key)
+        if given is not None and recorded is not None and given != recorded:
+            flag = "--" + key.replace("_", "-")
+            raise CheckpointError(
+                f"{args.checkpoint} holds a {key} {recorded!r} model; {flag} {given} contradicts it (drop {flag})"
+            )
+        if recorded is not None:
+            setattr(args, key, recorded)
     values = resolve_preset(args)
     model = build_model(args.arch, args.num_classes, method=args.method or "bas")
     extra = load_checkpoint(model, checkpoint)
-    log.info("loaded %s (epoch %s)", args.checkpoint, extra.get("epoch", "?"))
+    log.info("%s", describe_checkpoint(args.checkpoint, extra))
     return model.to(device, memory_format=memory_format(args.channels_last)), extra, values

@@ -7,7 +7,8 @@ of a trained generator, or of any method's saved maps (--maps).
     python count_pxap.py --maps scoremaps/ --metadata metadata/OpenImages --data-dir /data/OpenImages
 
 Maps are computed on the whole image resized to the crop size (no center crop), so that
-they align with the masks; writes metrics.json to --output-dir.
+they align with the masks; writes metrics_pxap.json to --output-dir (beside evaluator.py's
+metrics.json by default).
 """
 
 from __future__ import annotations
@@ -21,8 +22,18 @@ import numpy as np
 import torch
 
 from bas.engine import finish_distributed, gather_objects, init_distributed
+from bas.errors import DatasetError, run_main
+from bas.outputs import claim, write_text_atomic
 from WSOL import metrics
-from WSOL.cli import evaluation_parser, load_samples, model_for_evaluation, resolve_preset
+from WSOL.cli import (
+    EVALUATION_KIND,
+    check_evaluation_args,
+    evaluation_output_dir,
+    evaluation_parser,
+    load_samples,
+    model_for_evaluation,
+    resolve_preset,
+)
 from WSOL.datasets import Sample, test_transform
 from WSOL.inference import evaluation_loader, predict, saved_map_batches
 
@@ -59,7 +70,7 @@ def model_batches(args: argparse.Namespace, model, values, device, samples: list
 def with_masks(samples: list[Sample], args: argparse.Namespace) -> list[Sample]:
     samples = [s for s in samples if s.mask_paths]
     if not samples:
-        raise SystemExit(f"no {args.split} image of {args.root} has a mask: PxAP needs masks (segmentations/)")
+        raise DatasetError(f"no {args.split} image of {args.root} has a mask: PxAP needs masks (segmentations/)")
     return samples
 
 
@@ -67,27 +78,28 @@ def evaluate(args: argparse.Namespace, device: torch.device, rank: int = 0, worl
     """PxAP and PIoU of the model (or the saved maps) that ``args`` names; under torchrun
     each process scores its share and the histograms are summed."""
     if args.maps is not None:
-        resolve_preset(args)
+        size = resolve_preset(args).crop
         samples = with_masks(load_samples(args, args.split), args)
-        batches, size = saved_map_batches(args.maps, samples[rank::world], metrics.CROP), metrics.CROP
-        args.output_dir = args.output_dir or args.maps
+        batches = saved_map_batches(args.maps, samples[rank::world], size)
+        evaluation_output_dir(args)
     else:
         model, _, values = model_for_evaluation(args, device)
+        evaluation_output_dir(args)
         samples = with_masks(load_samples(args, args.split), args)
         batches, size = model_batches(args, model, values, device, samples, rank, world), values.crop
-        args.output_dir = args.output_dir or args.checkpoint.parent / f"eval_{args.split}"
     fg_hist, bg_hist = (sum(parts) for parts in zip(*gather_objects(histograms(batches, size))))
     return {"images": len(samples), "PxAP": metrics.pxap(fg_hist, bg_hist), "PIoU": metrics.piou(fg_hist, bg_hist)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = get_args_parser().parse_args()
+    args = get_args_parser().parse_args(argv)
+    check_evaluation_args(args)
     device, rank, world = init_distributed(args.device, args.local_rank)
     report = evaluate(args, device, rank, world)
     if rank == 0:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        (args.output_dir / "metrics_pxap.json").write_text(json.dumps(report, indent=2) + "\n")
+        path = claim(args.output_dir, EVALUATION_KIND) / "metrics_pxap.json"
+        write_text_atomic(path, json.dumps(report, indent=2) + "\n")
         print(
             f"{'images':<8}{report['images']:>10d}\n{'PxAP':<8}{report['PxAP']:>10.2f}\n"
             f"{'PIoU':<8}{report['PIoU']:>10.2f}"
@@ -96,4 +108,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

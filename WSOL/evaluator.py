@@ -6,7 +6,8 @@ original release's; or of any method's saved maps (--maps).
     python evaluator.py --root CUB --data-dir /data/CUB_200_2011 --arch resnet --checkpoint resnet_cub.pth.tar
     python evaluator.py --maps scoremaps/ --metadata metadata/CUB --data-dir /data/CUB_200_2011
 
-Writes metrics.json (and, when asked, overlays and maps) to --output-dir.
+Writes metrics.json (and, when asked, overlays in images/) to --output-dir, and maps to
+--save-maps; an output folder must be new, empty, or one this project wrote.
 """
 
 from __future__ import annotations
@@ -21,9 +22,21 @@ import torch
 from PIL import Image
 
 from bas.engine import finish_distributed, gather_objects, init_distributed
+from bas.errors import ArgumentError, require_unit_interval, run_main
+from bas.outputs import check_writable, claim, read_marker, write_text_atomic
 from bas.viz import overlay, save_rgb
 from WSOL import metrics
-from WSOL.cli import evaluation_parser, load_samples, model_for_evaluation, resolve_preset
+from WSOL.cli import (
+    EVALUATION_KIND,
+    MAPS_KIND,
+    check_evaluation_args,
+    class_names,
+    evaluation_output_dir,
+    evaluation_parser,
+    load_samples,
+    model_for_evaluation,
+    resolve_preset,
+)
 from WSOL.datasets import Sample, ten_crop_transform, test_transform
 from WSOL.inference import (
     Batch,
@@ -52,19 +65,31 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="score the predicted box with its last pixel as max (corrected); the original uses one past it",
     )
     group.add_argument("--no-maxboxacc", action="store_true", help="skip MaxBoxAccV2 (a second pass, uncropped)")
-    group.add_argument("--save-images", type=int, default=0, metavar="N", help="write N heat-map overlays")
-    group.add_argument("--save-maps", type=Path, metavar="DIR", help="write our maps as DIR/<image_id>.npy")
+    group.add_argument(
+        "--save-images", type=int, default=0, metavar="N", help="write N heat-map overlays to <output-dir>/images/"
+    )
+    group.add_argument(
+        "--save-maps",
+        type=Path,
+        metavar="DIR",
+        help="write our maps as DIR/<image_id>.npy in wsolevaluation's format (224 x 224, bicubic, min-max "
+        "normalized); --maps DIR then gives this run's MaxBoxAccV2 at its thresholds. GT-known from saved maps is "
+        "scored on the whole image resized to 224 (wsolevaluation's frame), not the original's center crop, so it "
+        "differs from the model's",
+    )
     return parser
 
 
 class OverlayWriter:
     """Writes the first N images of the test set (sample indices below N, whichever
-    process holds them) with their map, predicted box (green) and GT boxes (red), in the
-    center-crop frame the boxes are scored in."""
+    process holds them) with their map, predicted box (green) at the first threshold, GT
+    boxes (red), the class and the IoU, in the center-crop frame the boxes are scored in."""
 
-    def __init__(self, samples: list[Sample], count: int, directory: Path, resize: int, crop: int) -> None:
-        self.samples, self.count, self.directory = samples, count, directory
-        self.resize, self.crop = resize, crop
+    def __init__(
+        self, samples: list[Sample], count: int, output: Path, resize: int, crop: int, names: list[str] | None
+    ) -> None:
+        self.samples, self.count, self.output = samples, count, output
+        self.resize, self.crop, self.names = resize, crop, names
 
     def __call__(self, batch: Batch, boxes: np.ndarray) -> None:
         rows = np.flatnonzero(batch.indices < self.count)
@@ -78,8 +103,11 @@ class OverlayWriter:
                 image = np.asarray(image.convert("RGB").resize((self.resize, self.resize), Image.BILINEAR))
             image = np.ascontiguousarray(image[shift : shift + self.crop, shift : shift + self.crop])
             gt = metrics.boxes_in_crop(sample.boxes, image_size(sample), self.resize, self.crop)
-            name = Path(sample.image_id).with_suffix(".png").name
-            save_rgb(self.directory / name, overlay(image, score_map, boxes[row, 0], gt))
+            iou = metrics.box_iou(boxes[row, 0], gt).max() if len(gt) else 0.0
+            label = self.names[sample.label] if self.names else f"class {sample.label}"
+            picture = overlay(image, score_map, boxes[row, 0], gt, caption=f"{label}  IoU {iou:.2f}")
+            directory = claim(self.output, EVALUATION_KIND) / "images"
+            save_rgb(directory / Path(sample.image_id).with_suffix(".png").name, picture)
 
 
 def evaluate_model(args: argparse.Namespace, device: torch.device, rank: int = 0, world: int = 1) -> dict:
@@ -88,7 +116,9 @@ def evaluate_model(args: argparse.Namespace, device: torch.device, rank: int = 0
     model, extra, values = model_for_evaluation(args, device)
     args.threshold = args.threshold or [extra.get("best_thr") or values.threshold]
     args.topk = args.topk or values.topk
-    args.output_dir = args.output_dir or args.checkpoint.parent / f"eval_{args.split}"
+    output = evaluation_output_dir(args)
+    if args.save_maps:
+        check_writable(args.save_maps, MAPS_KIND, "Choose another --save-maps folder.")
     samples = load_samples(args, args.split)
     progress = not args.no_progress and rank == 0
 
@@ -99,17 +129,19 @@ def evaluate_model(args: argparse.Namespace, device: torch.device, rank: int = 0
     crop_transform = test_transform(values.resize, values.crop)
     if args.tencrop:
         crop_transform = _Both(crop_transform, ten_crop_transform(values.resize, values.crop))
-    writer = OverlayWriter(samples, args.save_images, args.output_dir / "images", values.resize, values.crop)
+    writer = OverlayWriter(samples, args.save_images, output, values.resize, values.crop, class_names(args))
     local = box_results(
         batches(crop_transform), samples, args.threshold, values.resize, values.crop, args.inclusive_box, writer
     )
     results = BoxResults.concatenate(gather_objects(local))
-    report = {"checkpoint": str(args.checkpoint), "split": args.split, **results.summary(args.threshold)}
+    report = {"checkpoint": str(args.checkpoint), "epoch": extra.get("epoch"), "split": args.split}
+    report.update(results.summary(args.threshold, args.num_classes > 5))
 
     if not args.no_maxboxacc or args.save_maps:
         uncropped = batches(test_transform(values.crop, values.crop))
         if args.save_maps:
-            uncropped = _saving(uncropped, samples, args.save_maps)
+            folder = claim(args.save_maps, MAPS_KIND, thresholds=args.threshold, checkpoint=str(args.checkpoint))
+            uncropped = _saving(uncropped, samples, folder, values.crop)
         if args.no_maxboxacc:
             for _ in uncropped:  # the maps are only saved
                 pass
@@ -129,31 +161,33 @@ class _Both:
         return self.center(image), self.tencrop(image)
 
 
-def _saving(batches, samples, directory):
+def _saving(batches, samples, directory, size):
     """Passes the batches on, writing their maps to ``directory`` on the way."""
     for batch in batches:
-        save_maps(batch, samples, directory)
+        save_maps(batch, samples, directory, size)
         yield batch
 
 
 def evaluate_saved_maps(args: argparse.Namespace, rank: int = 0, world: int = 1) -> dict:
-    """MaxBoxAccV2, and GT-known Loc at --threshold, of saved maps against the dataset's
-    boxes (resized to 224 x 224, as wsolevaluation); each process scores its share."""
-    resolve_preset(args)
-    args.output_dir = args.output_dir or args.maps
-    thresholds = args.threshold or [0.5]
+    """MaxBoxAccV2, and GT-known Loc at --threshold (default: the thresholds the maps were
+    saved with), of saved maps against the dataset's boxes resized to the crop size (224 x
+    224 on the real datasets, as wsolevaluation); each process scores its share."""
+    values = resolve_preset(args)
+    evaluation_output_dir(args)
+    marker = read_marker(args.maps) or {}
+    thresholds = args.threshold or marker.get("thresholds") or [values.threshold]
     samples = load_samples(args, args.split)
     best_iou, counts = [np.zeros((0, len(thresholds)))], 0
-    for chunk, maps in saved_map_batches(args.maps, samples[rank::world], metrics.CROP):
-        gt = [metrics.boxes_resized(s.boxes, image_size(s), metrics.CROP) for s in chunk]
-        best_iou.append(metrics.original_protocol_ious(maps, gt, thresholds, size=metrics.CROP)[0])
-        counts = counts + metrics.maxboxacc_correct(maps, gt, size=metrics.CROP).sum(0)
+    for chunk, maps in saved_map_batches(args.maps, samples[rank::world], values.crop):
+        gt = [metrics.boxes_resized(s.boxes, image_size(s), values.crop) for s in chunk]
+        best_iou.append(metrics.original_protocol_ious(maps, gt, thresholds, size=values.crop)[0])
+        counts = counts + metrics.maxboxacc_correct(maps, gt, size=values.crop).sum(0)
     gathered = gather_objects((np.concatenate(best_iou), counts))
     gt_known = 100.0 * (np.concatenate([part[0] for part in gathered]) >= 0.5).mean(0)
     counts = sum(part[1] for part in gathered)
     best = int(np.argmax(gt_known))
     report = {"maps": str(args.maps), "split": args.split, "images": len(samples)}
-    report.update(gt_known=float(gt_known[best]), threshold=float(thresholds[best]))
+    report.update(gt_known=float(gt_known[best]), threshold=round(float(thresholds[best]), 6))
     return {**report, **metrics.maxboxacc_from_counts(counts, len(samples))}
 
 
@@ -176,18 +210,22 @@ def print_table(report: dict) -> None:
         print(f"{name:<20} {value:>20}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = get_args_parser().parse_args()
+    args = get_args_parser().parse_args(argv)
+    check_evaluation_args(args)
+    require_unit_interval("--threshold", args.threshold)
+    if args.save_images < 0:
+        raise ArgumentError(f"--save-images {args.save_images}: must be 0 or more")
     device, rank, world = init_distributed(args.device, args.local_rank)
     report = evaluate_saved_maps(args, rank, world) if args.maps else evaluate_model(args, device, rank, world)
     if rank == 0:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        (args.output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        path = claim(args.output_dir, EVALUATION_KIND) / "metrics.json"
+        write_text_atomic(path, json.dumps(report, indent=2) + "\n")
         print_table(report)
-        print(f"metrics written to {args.output_dir / 'metrics.json'}")
+        print(f"metrics written to {path}")
     finish_distributed()
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from bas.amc import global_average
 from bas.engine import autocast, loader_options, memory_format
+from bas.outputs import replace_atomic
 from WSOL import metrics
 from WSOL.datasets import DatasetError, ImageDataset, Sample
 from WSOL.models import Generator
@@ -100,24 +101,20 @@ class BoxResults:
         order = np.argsort(fields[0], kind="stable")
         return cls(*(f[order] for f in fields))
 
-    def summary(self, thresholds: list[float]) -> dict:
-        """Top-1 / Top-5 classification and localization in %, at the best threshold by
-        Top-1 Loc + GT-known (the original's choice), with every threshold's values."""
+    def summary(self, thresholds: list[float], top5: bool = True) -> dict:
+        """Top-1 (and Top-5, unless ``top5`` is False: with 5 classes or fewer it says
+        nothing) classification and localization in %, at the best threshold by Top-1 Loc +
+        GT-known (the original's choice), with every threshold's values."""
         acc = metrics.localization_accuracy(self.best_iou, self.top1, self.top5)
         best = int(np.argmax(acc["top1_loc"] + acc["gt_known"]))
-        return {
-            "images": int(len(self.indices)),
-            "cls_top1": 100.0 * float(self.top1.mean()),
-            "cls_top5": 100.0 * float(self.top5.mean()),
-            "threshold": float(thresholds[best]),
-            "top1_loc": float(acc["top1_loc"][best]),
-            "top5_loc": float(acc["top5_loc"][best]),
-            "gt_known": float(acc["gt_known"][best]),
-            "per_threshold": {
-                f"{t:g}": {k: float(acc[k][i]) for k in ("top1_loc", "top5_loc", "gt_known")}
-                for i, t in enumerate(thresholds)
-            },
-        }
+        kinds = ("top1_loc", "top5_loc", "gt_known") if top5 else ("top1_loc", "gt_known")
+        report = {"images": int(len(self.indices)), "cls_top1": 100.0 * float(self.top1.mean())}
+        if top5:
+            report["cls_top5"] = 100.0 * float(self.top5.mean())
+        report["threshold"] = round(float(thresholds[best]), 6)
+        report.update({k: float(acc[k][best]) for k in kinds})
+        report["per_threshold"] = {f"{t:g}": {k: float(acc[k][i]) for k in kinds} for i, t in enumerate(thresholds)}
+        return report
 
 
 def box_results(
@@ -158,27 +155,53 @@ def maxboxacc_counts(batches: Iterator[Batch], samples: list[Sample], size: int)
     return counts
 
 
-def save_maps(batch: Batch, samples: list[Sample], directory: Path) -> None:
-    """wsolevaluation's layout: ``directory/<image_id>.npy``, image-sized, in [0, 1]."""
-    normalized = metrics.normalize_minmax(batch.maps)
-    for index, score_map in zip(batch.indices, normalized):
-        sample = samples[index]
-        path = directory / f"{sample.image_id}.npy"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, metrics.resize_maps(score_map[None], image_size(sample))[0])
+def save_maps(batch: Batch, samples: list[Sample], directory: Path, size: int) -> None:
+    """wsolevaluation's format: ``directory/<image_id>.npy``, each map resized to size x size
+    (bicubic) and min-max normalized, exactly what MaxBoxAccV2 scores, so that scoring the
+    files again gives the same numbers."""
+    for index, raw in zip(batch.indices, batch.maps):
+        resized = cv2.resize(raw.astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+        score_map = metrics.normalize_scoremap(resized)
+
+        def write(fd: int, score_map=score_map) -> None:
+            with open(fd, "wb") as f:
+                np.save(f, score_map)
+
+        replace_atomic(write, directory / f"{samples[index].image_id}.npy")
+
+
+def read_saved_map(path: Path) -> np.ndarray:
+    """One saved map, checked as wsolevaluation checks them: a 2-D float array, finite, in
+    [0, 1]; anything else stops with the file named."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: no saved map for this image")
+    try:
+        score_map = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{path}: not a .npy array ({error})") from None
+    if score_map.ndim != 2 or score_map.dtype.kind != "f":
+        raise DatasetError(f"{path}: expected a 2-D float map, got {score_map.dtype} of shape {score_map.shape}")
+    if not np.isfinite(score_map).all():
+        raise DatasetError(f"{path}: the map holds NaN or infinite values")
+    if score_map.min() < 0 or score_map.max() > 1:
+        raise DatasetError(
+            f"{path}: values in [{score_map.min():g}, {score_map.max():g}]; saved maps must lie in [0, 1]"
+        )
+    return score_map.astype(np.float32)
 
 
 def saved_map_batches(
     directory: Path, samples: list[Sample], size: int, batch: int = 64
 ) -> Iterator[tuple[list[Sample], np.ndarray]]:
-    """Another method's maps, ``directory/<image_id>.npy``, resized to size x size
-    (bicubic, as wsolevaluation resizes maps) so that they stack: (samples, B x size x size)."""
+    """Another method's maps, ``directory/<image_id>.npy``, as (samples, B x size x size).
+    Maps of another size are resized (bicubic, as wsolevaluation resizes maps); maps
+    already size x size, as --save-maps writes them, are taken as they are."""
     for start in range(0, len(samples), batch):
         chunk = samples[start : start + batch]
-        maps = []
-        for sample in chunk:
-            path = directory / f"{sample.image_id}.npy"
-            if not path.is_file():
-                raise DatasetError(f"{path}: no saved map for image {sample.image_id}")
-            maps.append(metrics.resize_maps(np.load(path)[None].astype(np.float32), size, cv2.INTER_CUBIC)[0])
-        yield chunk, np.stack(maps)
+        maps = [read_saved_map(directory / f"{sample.image_id}.npy") for sample in chunk]
+        yield (
+            chunk,
+            np.stack(
+                [m if m.shape == (size, size) else metrics.resize_maps(m[None], size, cv2.INTER_CUBIC)[0] for m in maps]
+            ),
+        )

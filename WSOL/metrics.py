@@ -18,6 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bas.errors import DatasetError
+
 CROP = 224
 # wsolevaluation's CAM thresholds (cam_curve_interval 0.001), built the same way.
 CAM_THRESHOLDS = np.array(list(np.arange(0, 1, 0.001)))
@@ -215,7 +217,10 @@ def maxboxacc_from_counts(counts: np.ndarray, num_images: int, iou_thresholds=IO
     report = {"MaxBoxAccV2": float(best.mean())}
     report.update({f"IoU{t}": float(b) for t, b in zip(iou_thresholds, best)})
     report.update(
-        {f"best_threshold_IoU{t}": float(CAM_THRESHOLDS[i]) for t, i in zip(iou_thresholds, accuracy.argmax(0))}
+        {
+            f"best_threshold_IoU{t}": round(float(CAM_THRESHOLDS[i]), 6)
+            for t, i in zip(iou_thresholds, accuracy.argmax(0))
+        }
     )
     return report
 
@@ -231,7 +236,7 @@ def load_mask(mask_paths: Sequence[Path], ignore_path: Path | None, size: int = 
     def read(path: Path) -> np.ndarray:
         image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if image is None:
-            raise FileNotFoundError(f"cannot read the mask {path}")
+            raise DatasetError(f"{path}: cannot read the mask")
         return cv2.resize(np.float32(image), (size, size), interpolation=cv2.INTER_NEAREST) > 0.5
 
     foreground = np.any([read(p) for p in mask_paths], axis=0)

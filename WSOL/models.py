@@ -16,6 +16,7 @@ from torch import nn
 
 from bas.amc import GeneratorOutput, activation_map_constraint, global_average, mean_class_map, pick
 from bas.backbones import Backbone, build_backbone, load_imagenet_weights
+from bas.engine import load_state_dict_checked, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -155,18 +156,7 @@ def convert_original_state_dict(model: Generator, state_dict: dict[str, torch.Te
     return converted
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """A checkpoint file as a dict: ``{'model': state_dict, ...}`` (a bare state dict is wrapped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a state dict or {{'model': state_dict}}, got {type(checkpoint).__name__}")
-    return checkpoint if isinstance(checkpoint.get("model"), dict) else {"model": checkpoint}
-
-
-def load_checkpoint(model: Generator, checkpoint: str | Path | dict, strict: bool = True) -> dict:
+def load_checkpoint(model: Generator, checkpoint: str | Path | dict) -> dict:
     """Load our checkpoints or the original release (``{'model': state_dict}``, keys
     possibly ``module.``-prefixed) into ``model``; returns the checkpoint's other entries."""
     source = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
@@ -175,10 +165,5 @@ def load_checkpoint(model: Generator, checkpoint: str | Path | dict, strict: boo
     state_dict = _strip_module_prefix(checkpoint["model"])
     if not any(k.startswith(("head.", "tail.")) for k in state_dict):
         state_dict = convert_original_state_dict(model, state_dict)
-    result = model.load_state_dict(state_dict, strict=False)
-    if strict and (result.missing_keys or result.unexpected_keys):
-        raise ValueError(
-            f"{source} does not fit the {model.arch} {type(model).__name__}: "
-            f"missing {result.missing_keys}, unexpected {result.unexpected_keys}"
-        )
+    load_state_dict_checked(model, state_dict, source, f"the {model.arch} {type(model).__name__}")
     return {k: v for k, v in checkpoint.items() if k != "model"}

@@ -13,18 +13,17 @@ as ``x=a y=c width=b-a+1 height=d-c+1``, i.e. x + width is one past the last pix
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from bas.outputs import build_folder, read_marker
+
 # Class colours (RGB) of the discriminative disc; classes beyond these reuse them darker.
 COLOURS = ((230, 40, 40), (40, 200, 60), (50, 90, 250), (245, 205, 30), (200, 60, 220), (40, 210, 220))
 STRIPE_ANGLES = (0.0, 90.0, 45.0, 135.0)  # degrees, one per pair of classes
-PARAMS_FILE = "synthetic.json"
 
 
 def class_colour(label: int) -> np.ndarray:
@@ -80,36 +79,54 @@ def tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
 
 
-def make_synthetic(
-    root: Path, num_classes: int = 4, num_train: int = 3000, num_test: int = 400, size: int = 64, seed: int = 0
-) -> Path:
-    """Write the set under ``root``: into a temporary sibling first, renamed when complete."""
-    root = Path(root)
-    params = dict(num_classes=num_classes, num_train=num_train, num_test=num_test, size=size, seed=seed)
-    partial = root.with_name(root.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    class_dirs = [f"{c + 1:03d}.Class_{c + 1}" for c in range(num_classes)]
-    for class_dir in class_dirs:
-        (partial / "images" / class_dir).mkdir(parents=True)
-        (partial / "segmentations" / class_dir).mkdir(parents=True)
+KIND = "WSOL synthetic set"
 
-    rng = np.random.default_rng(seed)
-    lists = {name: [] for name in ("images", "image_class_labels", "train_test_split", "bounding_boxes")}
-    for i in range(num_train + num_test):
-        image_id, label = i + 1, i % num_classes
-        image, mask = draw(rng, label, size)
-        name = f"{class_dirs[label]}/img_{image_id:05d}"
-        Image.fromarray(image).save(partial / "images" / f"{name}.jpg", quality=95)
-        Image.fromarray(np.uint8(mask) * 255).save(partial / "segmentations" / f"{name}.png")
-        x, y, w, h = tight_box(mask)
-        lists["images"].append(f"{image_id} {name}.jpg")
-        lists["image_class_labels"].append(f"{image_id} {label + 1}")
-        lists["train_test_split"].append(f"{image_id} {int(i < num_train)}")
-        lists["bounding_boxes"].append(f"{image_id} {x:.1f} {y:.1f} {w:.1f} {h:.1f}")
-    for name, lines in lists.items():
-        (partial / f"{name}.txt").write_text("\n".join(lines) + "\n")
-    (partial / "classes.txt").write_text("".join(f"{c + 1} {d}\n" for c, d in enumerate(class_dirs)))
-    (partial / PARAMS_FILE).write_text(json.dumps(params, sort_keys=True) + "\n")
-    shutil.rmtree(root, ignore_errors=True)
-    partial.rename(root)
-    return root
+
+def make_synthetic(
+    root: Path,
+    num_classes: int = 4,
+    num_train: int = 3000,
+    num_test: int = 400,
+    size: int = 64,
+    seed: int = 0,
+    hint: str = "",
+) -> Path:
+    """Write the set under ``root`` (into a temporary sibling, renamed when complete).
+
+    ``root`` must be absent, empty, or this project's own synthetic set: any other folder
+    stops with ``bas.errors.OutputError`` (``hint`` ends its message) and is left as it is.
+    """
+    params = dict(num_classes=num_classes, num_train=num_train, num_test=num_test, size=size, seed=seed)
+
+    def write(folder: Path) -> None:
+        class_dirs = [f"{c + 1:03d}.Class_{c + 1}" for c in range(num_classes)]
+        for class_dir in class_dirs:
+            (folder / "images" / class_dir).mkdir(parents=True)
+            (folder / "segmentations" / class_dir).mkdir(parents=True)
+        rng = np.random.default_rng(seed)
+        lists = {name: [] for name in ("images", "image_class_labels", "train_test_split", "bounding_boxes")}
+        for i in range(num_train + num_test):
+            image_id, label = i + 1, i % num_classes
+            image, mask = draw(rng, label, size)
+            name = f"{class_dirs[label]}/img_{image_id:05d}"
+            Image.fromarray(image).save(folder / "images" / f"{name}.jpg", quality=95)
+            Image.fromarray(np.uint8(mask) * 255).save(folder / "segmentations" / f"{name}.png")
+            x, y, w, h = tight_box(mask)
+            lists["images"].append(f"{image_id} {name}.jpg")
+            lists["image_class_labels"].append(f"{image_id} {label + 1}")
+            lists["train_test_split"].append(f"{image_id} {int(i < num_train)}")
+            lists["bounding_boxes"].append(f"{image_id} {x:.1f} {y:.1f} {w:.1f} {h:.1f}")
+        for name, lines in lists.items():
+            (folder / f"{name}.txt").write_text("\n".join(lines) + "\n")
+        (folder / "classes.txt").write_text("".join(f"{c + 1} {d}\n" for c, d in enumerate(class_dirs)))
+
+    return build_folder(root, KIND, write, hint, params=params)
+
+
+def ensure_synthetic(root: Path, hint: str = "") -> Path:
+    """``root`` holding a synthetic set of ours (used as it is), else the default set written
+    there on first use; any other folder stops as ``make_synthetic`` says."""
+    marker = read_marker(root)
+    if marker is not None and marker["kind"] == KIND:
+        return Path(root)
+    return make_synthetic(root, hint=hint)

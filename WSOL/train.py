@@ -40,16 +40,18 @@ from bas.engine import (
     seed_everything,
     set_step_lr,
     sgd,
+    share_buffers,
 )
-from WSOL.cli import add_speed_arguments, load_samples, resolve_preset, script_parser
+from bas.errors import ArgumentError, require_positive, require_unit_interval, run_main
+from bas.outputs import check_writable, claim, write_text_atomic
+from WSOL.cli import BEST_CHECKPOINTS, add_speed_arguments, load_samples, resolve_preset, script_parser
 from WSOL.datasets import ImageDataset, test_transform, train_transform
 from WSOL.inference import BoxResults, box_results, evaluation_loader, predict
 from WSOL.models import build_model
 
 log = logging.getLogger("train")
 
-# Checkpoints kept besides last.pth, with the quantity each one maximizes (as the original).
-BEST = {"best_top1.pth": "top1_loc", "best_gt.pth": "gt_known", "best_loc.pth": "top1_loc+gt_known"}
+RUN_KIND = "WSOL training run"  # what the output folder's marker says it holds
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -86,7 +88,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def fill_defaults(args: argparse.Namespace) -> None:
-    """Every option left unset takes the preset's value."""
+    """Every option left unset takes the preset's value; every value is checked before any
+    work starts, the output folder included."""
     values = resolve_preset(args)
     args.method = args.method or "bas"
     for name in ("alpha", "beta", "topk", "epochs", "decay_epoch", "lr", "batch_size"):
@@ -95,6 +98,12 @@ def fill_defaults(args: argparse.Namespace) -> None:
     args.threshold = args.threshold or [values.threshold]
     args.resize, args.crop = values.resize, values.crop
     args.output_dir = args.output_dir or Path("logs") / args.root / f"{args.arch}_{args.method}"
+    for flag in ("epochs", "decay_epoch", "lr", "batch_size", "topk", "eval_every", "num_classes"):
+        require_positive("--" + flag.replace("_", "-"), getattr(args, flag))
+    if args.workers < 0:
+        raise ArgumentError(f"--workers {args.workers}: must be 0 or more")
+    require_unit_interval("--threshold", args.threshold)
+    check_writable(args.output_dir, RUN_KIND, "Choose another --output-dir.")
 
 
 def train_one_epoch(model, loader, optimizer, scaler, epoch: int, args, device, show: bool) -> dict[str, float]:
@@ -121,16 +130,23 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, args, device, 
     return {name: meter.mean for name, meter in meters.items()}
 
 
+def evaluate(model, loader, samples, args, device, show: bool) -> dict:
+    """The original box protocol over the whole test set, each process scoring its share
+    with rank 0's weights and BatchNorm statistics: exactly the model that is saved."""
+    share_buffers(model)
+    batches = predict(model, loader, device, args.topk, args.amp, show and not args.no_progress, args.channels_last)
+    local = box_results(batches, samples, args.threshold, args.resize, args.crop)
+    return BoxResults.concatenate(gather_objects(local)).summary(args.threshold, args.num_classes > 5)
+
+
 def train(args: argparse.Namespace) -> dict:
     fill_defaults(args)
     device, rank, world = init_distributed(args.device, args.local_rank)
     main_process = rank == 0
     if args.batch_size % world:
-        raise SystemExit(f"--batch-size {args.batch_size} (global) does not split over {world} processes")
+        raise ArgumentError(f"--batch-size {args.batch_size} (global) does not split over {world} processes")
     batch_size = args.batch_size // world
     seed_everything(args.seed)
-    if main_process:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
     log.info(
         "training %s %s on %s (%s x %d), output in %s",
         args.method,
@@ -163,7 +179,7 @@ def train(args: argparse.Namespace) -> dict:
 
     # ============ resume ============
     history = JsonLines(args.output_dir / "log.jsonl")
-    start_epoch, best = 0, {name: -1.0 for name in BEST}
+    start_epoch, best = 0, {name: -1.0 for name in BEST_CHECKPOINTS}
     last = args.output_dir / "last.pth"
     if args.resume and last.is_file():
         checkpoint = torch.load(last, map_location=device, weights_only=True)
@@ -171,8 +187,6 @@ def train(args: argparse.Namespace) -> dict:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
         start_epoch, best = checkpoint["epoch"], checkpoint["best"]
-        if main_process:
-            history.keep(lambda record: record["epoch"] <= start_epoch)
         log.info("resumed from %s at epoch %d", last, start_epoch)
     elif args.resume:
         log.info("nothing to resume in %s: starting afresh", args.output_dir)
@@ -192,14 +206,14 @@ def train(args: argparse.Namespace) -> dict:
         sampler.set_epoch(epoch)
         record = {"epoch": epoch + 1, "lr": lr}
         record["train"] = train_one_epoch(trained, train_loader, optimizer, scaler, epoch, args, device, main_process)
+        if main_process and epoch == start_epoch:  # made only now: a run that fails earlier leaves nothing
+            claim(args.output_dir, RUN_KIND)
+            history.keep(lambda record: record["epoch"] <= start_epoch)  # a fresh run starts a fresh log
 
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            progress = main_process and not args.no_progress
-            batches = predict(model, test_loader, device, args.topk, args.amp, progress, args.channels_last)
-            local = box_results(batches, test_samples, args.threshold, args.resize, args.crop)
-            summary = BoxResults.concatenate(gather_objects(local)).summary(args.threshold)
+            summary = evaluate(model, test_loader, test_samples, args, device, main_process)
             record["test"] = {k: v for k, v in summary.items() if k != "per_threshold"}
-            for name, quantity in BEST.items():
+            for name, quantity in BEST_CHECKPOINTS.items():
                 value = sum(summary[key] for key in quantity.split("+"))
                 if value > best[name]:
                     best[name] = value
@@ -215,8 +229,23 @@ def train(args: argparse.Namespace) -> dict:
 
     if main_process:
         write_summary(args, history.records())
+        log.info("%s", best_checkpoint_line(args.output_dir / "best_loc.pth"))
     finish_distributed()
     return summary
+
+
+def best_checkpoint_line(path: Path) -> str:
+    """Which epoch best_loc.pth holds, and why: evaluator.py scores it by default, so its
+    numbers are that epoch's, not the last one's."""
+    if not path.is_file():
+        return f"no {path.name} was written (no evaluation ran)"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    metrics = checkpoint["metrics"]
+    return (
+        f"{path} holds epoch {checkpoint['epoch']}, the best top-1 loc + GT-known "
+        f"({metrics['top1_loc']:.2f} + {metrics['gt_known']:.2f}, thr {metrics['threshold']:g}); "
+        "evaluator.py scores it by default"
+    )
 
 
 def checkpoint_for_release(model, args, epoch: int, summary: dict) -> dict:
@@ -243,10 +272,10 @@ def epoch_line(record: dict) -> str:
     line = f"epoch {record['epoch']:3d}  lr {record['lr']:.2e}  " + "  ".join(f"{k} {v:.4f}" for k, v in train.items())
     if "test" in record:
         test = record["test"]
+        top5 = f"  top-5 loc {test['top5_loc']:.2f}" if "top5_loc" in test else ""
         line += (
             f"\n          {test['images']} test images: cls top-1 {test['cls_top1']:.2f}  top-1 loc "
-            f"{test['top1_loc']:.2f}  top-5 loc {test['top5_loc']:.2f}  GT-known {test['gt_known']:.2f}"
-            f"  (thr {test['threshold']:g})"
+            f"{test['top1_loc']:.2f}{top5}  GT-known {test['gt_known']:.2f}  (thr {test['threshold']:g})"
         )
     return line
 
@@ -258,22 +287,28 @@ def write_summary(args: argparse.Namespace, records: list[dict]) -> None:
         f"batch {args.batch_size}, {args.epochs} epochs (decay every {args.decay_epoch})",
         "",
     ]
-    lines += [f"{'epoch':>5} {'cls top-1':>9} {'top-1 loc':>9} {'top-5 loc':>9} {'GT-known':>9} {'thr':>5}"]
-    for record in records:
-        if "test" in record:
-            t = record["test"]
-            lines.append(
-                f"{record['epoch']:>5} {t['cls_top1']:9.2f} {t['top1_loc']:9.2f} {t['top5_loc']:9.2f} "
-                f"{t['gt_known']:9.2f} {t['threshold']:5g}"
-            )
-    (args.output_dir / "summary.txt").write_text("\n".join(lines) + "\n")
-    (args.output_dir / "args.json").write_text(json.dumps(jsonable_args(args), indent=2) + "\n")
+    columns = [
+        ("cls top-1", "cls_top1"),
+        ("top-1 loc", "top1_loc"),
+        ("top-5 loc", "top5_loc"),
+        ("GT-known", "gt_known"),
+    ]
+    tested = [record for record in records if "test" in record]
+    columns = [(name, key) for name, key in columns if all(key in record["test"] for record in tested)]
+    lines.append(f"{'epoch':>5} " + " ".join(f"{name:>9}" for name, _ in columns) + f" {'thr':>5}")
+    for record in tested:
+        t = record["test"]
+        lines.append(
+            f"{record['epoch']:>5} " + " ".join(f"{t[key]:9.2f}" for _, key in columns) + f" {t['threshold']:5g}"
+        )
+    write_text_atomic(args.output_dir / "summary.txt", "\n".join(lines) + "\n")
+    write_text_atomic(args.output_dir / "args.json", json.dumps(jsonable_args(args), indent=2) + "\n")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    train(get_args_parser().parse_args())
+    train(get_args_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

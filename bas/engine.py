@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bas.outputs import replace_atomic
+from bas.errors import CheckpointError
+from bas.outputs import replace_atomic, write_text_atomic
 
 
 # ----------------------------------------------------------------------- optimization
@@ -157,22 +159,72 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     replace_atomic(write, path)
 
 
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint file as a dict, ``{'model': state_dict, ...}`` (a bare state dict is
+    wrapped), loaded safely (tensors and plain containers only).
+
+    Anything else, a corrupt file or one holding other objects, stops with a
+    ``CheckpointError`` naming the file; unsafe loading is never the way out.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    not_ours = f"{path}: not a checkpoint of this project or of the original BAS release"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            raise CheckpointError(f"{not_ours} (it holds objects other than tensors and plain containers)") from None
+        raise CheckpointError(f"{not_ours} (unreadable: {str(error).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{not_ours} (unreadable: {reason})") from None
+    if not isinstance(checkpoint, dict) or not all(isinstance(k, str) for k in checkpoint):
+        raise CheckpointError(f"{not_ours} (it holds a {type(checkpoint).__name__}, not a state dict)")
+    return checkpoint if isinstance(checkpoint.get("model"), dict) else {"model": checkpoint}
+
+
+def load_state_dict_checked(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, what: str = "the model built here"
+) -> None:
+    """``model.load_state_dict`` that fails with one line naming ``source`` when keys are
+    missing, unexpected, or of another shape (instead of torch's list of every mismatch)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    reshaped = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if reshaped:
+        k = reshaped[0]
+        shapes = f"{tuple(state_dict[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+        problems.append(f"{len(reshaped)} tensors of another shape (e.g. {k}: {shapes})")
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if problems:
+        raise CheckpointError(f"{source} does not fit {what}: {'; '.join(problems)}")
+    model.load_state_dict(state_dict)
+
+
 # ---------------------------------------------------------------------------- logging
 class JsonLines:
     """Appends one JSON object per line (one per epoch), flushed at once."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(record, default=_jsonable) + "\n")
 
     def keep(self, predicate) -> None:
         """Drop the records ``predicate`` rejects (e.g. epochs after the one resumed from)."""
         kept = [record for record in self.records() if predicate(record)]
-        self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        if not kept and not self.path.exists():
+            return
+        write_text_atomic(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def records(self) -> list[dict]:
         if not self.path.exists():

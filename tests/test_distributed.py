@@ -11,7 +11,8 @@ import torch
 
 from WSOL import count_pxap, evaluator, inference
 from WSOL import train as train_script
-from WSOL.datasets import cub_release
+from WSOL.datasets import cub_release, test_transform
+from WSOL.models import build_model
 from WSOL.synthetic import make_synthetic
 
 WSOL = Path(__file__).resolve().parents[1] / "WSOL"
@@ -36,9 +37,21 @@ def train(data_dir, output_dir, *extra):
     torchrun("train.py", data_dir, output_dir, "--batch-size", "16", "--decay-epoch", "1", *THRESHOLDS, *extra)
 
 
+def evaluate_single(data_dir, last: Path, output_dir: Path) -> dict:
+    """A single-process evaluation of a run's last.pth, at the training thresholds."""
+    argv = ["--data-dir", str(data_dir), "--checkpoint", str(last), "--arch", "tiny", "--method", "bas", *COMMON]
+    argv += ["--output-dir", str(output_dir), *THRESHOLDS]
+    return evaluator.evaluate_model(evaluator.get_args_parser().parse_args(argv), torch.device("cpu"))
+
+
 def test_two_processes_train_evaluate_exactly_and_resume(data_dir, tmp_path):
     train(data_dir, tmp_path / "whole", "--epochs", "2")
     train(data_dir, tmp_path / "parts", "--epochs", "1")
+    # Each epoch's logged metrics are those of the very model saved at that epoch (every
+    # process evaluates with rank 0's BatchNorm statistics, the ones saved).
+    logged = json.loads((tmp_path / "parts" / "log.jsonl").read_text())["test"]
+    single = evaluate_single(data_dir, tmp_path / "parts" / "last.pth", tmp_path / "ev1")
+    assert {k: single[k] for k in logged} == logged
     train(data_dir, tmp_path / "parts", "--epochs", "2", "--resume")
 
     # Resumed under DDP == uninterrupted under DDP.
@@ -91,3 +104,47 @@ def test_a_process_without_images_adds_nothing(data_dir):
     assert gathered.top1.tolist() == [False, True]  # rows follow their index: image 1 is misclassified
     counts = [inference.maxboxacc_counts(iter(share), samples, 64) for share in ([], [batch])]
     assert np.array_equal(sum(counts), inference.maxboxacc_counts(iter([batch]), samples, 64))
+
+
+def _maps_and_summary(rank: int, world: int, data_dir, shift: float) -> tuple[dict, dict]:
+    """train.py's evaluation of a tiny model whose BatchNorm means are moved by ``shift``
+    (as a rank's last training batch leaves its own statistics): the summary, and the
+    maps it scored by sample index."""
+    args = train_script.get_args_parser().parse_args(["--data-dir", str(data_dir), *COMMON, *THRESHOLDS])
+    train_script.fill_defaults(args)
+    torch.manual_seed(0)
+    model = build_model("tiny", 4)
+    for name, buffer in model.named_buffers():
+        if name.endswith("running_mean"):
+            buffer.add_(shift * torch.randn(buffer.shape, generator=torch.Generator().manual_seed(1)))
+    samples = cub_release(data_dir, "test")
+    loader = inference.evaluation_loader(samples, test_transform(72, 64), 8, 0, torch.device("cpu"), rank, world)
+    maps = {}
+
+    def predict(*a, **k):
+        for batch in inference.predict(*a, **k):
+            maps.update(zip(batch.indices.tolist(), batch.maps))
+            yield batch
+
+    train_script.predict = predict
+    summary = train_script.evaluate(model, loader, samples, args, torch.device("cpu"), rank == 0)
+    return summary, maps
+
+
+def _evaluate_in_process(rank, init_file, data_dir, results):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    results[rank] = _maps_and_summary(rank, 2, data_dir, shift=rank)
+    torch.distributed.destroy_process_group()
+
+
+def test_evaluation_during_training_scores_the_saved_model(data_dir, tmp_path):
+    """Both processes score with rank 0's weights and statistics (the ones saved): the
+    maps and numbers of rank 0's model alone."""
+    results = torch.multiprocessing.Manager().dict()
+    torch.multiprocessing.spawn(_evaluate_in_process, (tmp_path / "init", data_dir, results), nprocs=2)
+    summary, maps = _maps_and_summary(0, 1, data_dir, shift=0)
+    assert results[0][0] == results[1][0] == summary
+    scored = {**results[0][1], **results[1][1]}
+    assert sorted(scored) == sorted(maps)
+    for index, score_map in maps.items():
+        np.testing.assert_array_equal(scored[index], score_map)

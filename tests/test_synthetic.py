@@ -34,8 +34,12 @@ def test_release_layout_boxes_and_discs(tmp_path):
         assert (distance < 60).sum() >= 10, "the class disc must show inside the box"
 
 
-def test_rewrite_replaces_a_leftover_partial_folder(tmp_path):
+def test_rewrite_leaves_a_sibling_alone_and_replaces_only_its_own_set(tmp_path):
+    """A folder named like a temporary one is not ours to remove; our own set is rebuilt."""
     (tmp_path / "Synthetic.partial" / "junk").mkdir(parents=True)
     root = make_synthetic(tmp_path / "Synthetic", num_train=4, num_test=4)
-    assert not (tmp_path / "Synthetic.partial").exists()
+    assert (tmp_path / "Synthetic.partial" / "junk").is_dir()
     assert len(cub_release(root, "train")) == 4
+    make_synthetic(root, num_train=6, num_test=4)
+    assert len(cub_release(root, "train")) == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Synthetic", "Synthetic.partial"]
