@@ -11,7 +11,8 @@ import torch
 
 from WSOL import count_pxap, evaluator, inference
 from WSOL import train as train_script
-from WSOL.datasets import cub_release, test_transform
+from WSOL.datasets import cub_release
+from WSOL.datasets import test_transform as center_crop
 from WSOL.models import build_model
 from WSOL.synthetic import make_synthetic
 
@@ -118,7 +119,7 @@ def _maps_and_summary(rank: int, world: int, data_dir, shift: float) -> tuple[di
         if name.endswith("running_mean"):
             buffer.add_(shift * torch.randn(buffer.shape, generator=torch.Generator().manual_seed(1)))
     samples = cub_release(data_dir, "test")
-    loader = inference.evaluation_loader(samples, test_transform(72, 64), 8, 0, torch.device("cpu"), rank, world)
+    loader = inference.evaluation_loader(samples, center_crop(72, 64), 8, 0, torch.device("cpu"), rank, world)
     maps = {}
 
     def predict(*a, **k):
