@@ -2,7 +2,8 @@
 
 Every backbone is split into a ``head`` (image -> tap features F, stride 8) and a
 ``tail`` (F -> the features that feed ``classifier_cls``, stride 16). The AMC re-runs
-the tail on the erased F, so the cut is part of the method.
+the tail on the erased F, so the cut is part of the method. The WSSS nets cut ResNet50
+(and the demo's small CNN) in another ``layout``: tap and tail at the same stride.
 
 Parameter names inside ``head`` and ``tail`` are torchvision's own (``layer3.0.conv1``,
 ``Mixed_6e.branch1x1.conv``, ``features`` indices for VGG), so a torchvision state dict
@@ -26,6 +27,12 @@ from torchvision.models import inception as tv_inception
 log = logging.getLogger(__name__)
 
 ARCHS = ("vgg", "resnet", "inception", "mobilenet")
+LAYOUTS = ("wsol", "wsss")
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
 
 
 @dataclass
@@ -77,15 +84,23 @@ def _translate_by_name(ignored_prefixes: tuple[str, ...]) -> Callable[[str], str
     return translate
 
 
-def resnet50() -> Backbone:
-    """ResNet50 with layer3 and layer4 at stride 1 and a 2x2 max-pool between them."""
+def resnet50(layout: str = "wsol") -> Backbone:
+    """ResNet50 cut between layer3 and layer4.
+
+    wsol: layer3 and layer4 at stride 1 and a 2x2 max-pool between them (tap at
+    stride 8, tail at 16). wsss: layer3 keeps its stride 2, layer4 runs at stride 1 and
+    nothing sits between them (tap and tail at stride 16).
+    """
+    _check_layout(layout)
     net = tvm.resnet50()
-    for layer in (net.layer3, net.layer4):
+    stride_1 = (net.layer3, net.layer4) if layout == "wsol" else (net.layer4,)
+    for layer in stride_1:
         layer[0].conv2.stride = (1, 1)
         layer[0].downsample[0].stride = (1, 1)
     names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")
     head = nn.Sequential(OrderedDict((name, getattr(net, name)) for name in names))
-    tail = nn.Sequential(OrderedDict(pool=nn.MaxPool2d(2), layer4=net.layer4))
+    between = {"pool": nn.MaxPool2d(2)} if layout == "wsol" else {}
+    tail = nn.Sequential(OrderedDict(**between, layer4=net.layer4))
     return Backbone(head, tail, 1024, 2048, _translate_by_name(("fc",)))
 
 
@@ -190,13 +205,21 @@ def _conv_bn_relu(inp: int, out: int) -> list[nn.Module]:
     return [nn.Conv2d(inp, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
 
 
-def tiny() -> Backbone:
-    """A small CNN for the synthetic demo, fast on a CPU: tap at stride 4, tail = max-pool
-    (the classifier's two 3x3 convs and 1x1 class conv complete it)."""
+def tiny(layout: str = "wsol") -> Backbone:
+    """A small CNN for the synthetic demos, fast on a CPU, with the tap at stride 4.
+
+    wsol: tail = max-pool (the classifier's two 3x3 convs and 1x1 class conv complete
+    it). wsss: the WSSS classifier is a bare 1x1 conv, so the tail carries the two 3x3
+    conv-BN-ReLU blocks itself, at the tap's stride as ResNet50's layer4 is there.
+    """
+    _check_layout(layout)
     head = nn.Sequential(
         *_conv_bn_relu(3, 16), nn.MaxPool2d(2), *_conv_bn_relu(16, 32), nn.MaxPool2d(2), *_conv_bn_relu(32, 64)
     )
-    return Backbone(head, nn.Sequential(nn.MaxPool2d(2)), 64, 64, lambda key: key, classifier_width=64)
+    if layout == "wsol":
+        return Backbone(head, nn.Sequential(nn.MaxPool2d(2)), 64, 64, lambda key: key, classifier_width=64)
+    tail = nn.Sequential(*_conv_bn_relu(64, 128), *_conv_bn_relu(128, 128))
+    return Backbone(head, tail, 64, 128, lambda key: key)
 
 
 BUILDERS: dict[str, Callable[[], Backbone]] = {
