@@ -1,0 +1,164 @@
+"""Stage eval_cam: the mIoU of a folder of seeds against the VOC masks, at every
+background threshold of a sweep.
+
+Reads the list of ``chainer_eval_set`` (``ImageSets/Segmentation/<set>.txt``, or a list
+file), each id's mask (``SegmentationClass/<id>.png``; ``SegmentationClassAug`` for
+train_aug) and seed ``<cam_out_dir>/<id>.npy`` (the original's format: a pickled
+``{"keys", "cam", "high_res"}`` dict whose values are torch tensors or numpy arrays;
+``high_res`` is what is scored, as in the original). No images are needed. Each seed is
+read once and scored at all thresholds together (the original read every file again for
+each of its 25 thresholds); the numbers are the original's.
+
+Seed files are pickles, which can run code when read: score only folders you trust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from bas.engine import gather_objects
+from bas.errors import DatasetError, UserError
+from bas.outputs import claim, write_text_atomic
+from WSSS import datasets, metrics
+
+log = logging.getLogger(__name__)
+
+OUTPUT_KIND = "wsss-eval"
+
+
+def read_seed(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The class keys (K, 0-based) and the full-size maps (K x H x W) of a seed file
+    written by the original or by us."""
+    try:
+        seed = np.load(path, allow_pickle=True).item()
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{path}: no seed for this id; make the seeds first (stage make_cam) or point --cam_out_dir at them"
+        ) from None
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
+        raise DatasetError(f"{path}: not a seed file ({error})") from None
+    if not isinstance(seed, dict) or not {"keys", "high_res"} <= seed.keys():
+        found = sorted(seed) if isinstance(seed, dict) else type(seed).__name__
+        raise DatasetError(f"{path}: a seed is a dict with 'keys' and 'high_res'; found {found}")
+    return np.asarray(seed["keys"]).reshape(-1).astype(np.int64), np.asarray(seed["high_res"])
+
+
+def score_seeds(
+    cam_out_dir: Path,
+    masks: datasets.MaskSet,
+    thresholds: Sequence[float],
+    num_classes: int,
+    indices: Sequence[int] | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """``metrics.threshold_counts`` summed over the masks at ``indices`` (default: all),
+    each seed and mask read once: n x n x (T + 1) for ascending ``thresholds``, n =
+    num_classes + 1 (the background)."""
+    counts = np.zeros((num_classes + 1, num_classes + 1, len(thresholds) + 1), dtype=np.int64)
+    indices = range(len(masks)) if indices is None else indices
+    for index in tqdm(indices, desc="eval_cam", disable=not progress, leave=False):
+        image_id, gt = masks[index]
+        path = Path(cam_out_dir) / f"{image_id}.npy"
+        keys, cams = read_seed(path)
+        try:
+            counts += metrics.threshold_counts(cams, keys, gt, thresholds, num_classes + 1)
+        except ValueError as error:
+            raise DatasetError(f"{path} scored against the mask of {image_id}: {error}") from None
+    return counts
+
+
+def _number(value: float) -> float | None:
+    """A report value; nan (a class in neither the masks nor the seeds) as None, JSON's null."""
+    return None if np.isnan(value) else float(value)
+
+
+def summarize(counts: np.ndarray, thresholds: Sequence[float], classes: Sequence[str]) -> dict:
+    """mIoU (percent) and the share of predicted foreground on background per threshold;
+    the per-class IoU (percent) at the best threshold (the first of equals). ``classes``:
+    the foreground class names. Undefined values (nan) are None."""
+    confusions = metrics.threshold_confusions(counts)  # T x n x n
+    miou = 100 * metrics.mean_iou(confusions)
+    best = int(np.nanargmax(miou)) if not np.all(np.isnan(miou)) else 0
+    per_class = 100 * metrics.iou(confusions[best])
+    return {
+        "thresholds": [float(t) for t in thresholds],
+        "miou": [_number(v) for v in miou],
+        "fg_on_bg": [_number(v) for v in metrics.foreground_on_background(confusions)],
+        "best_threshold": float(thresholds[best]),
+        "best_miou": _number(miou[best]),
+        "iou_at_best": {name: _number(v) for name, v in zip(("background", *classes), per_class)},
+    }
+
+
+def _shown(value: float | None, width: int, digits: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
+def print_report(report: dict) -> None:
+    print(f"seeds {report['cam_out_dir']} on {report['eval_set']} ({report['images']} images)")
+    print(f"{'threshold':>10} {'mIoU':>8} {'fg on bg':>9}")
+    for t, miou, fg_on_bg in zip(report["thresholds"], report["miou"], report["fg_on_bg"]):
+        print(f"{t:>10.2f} {_shown(miou, 8, 2)} {_shown(fg_on_bg, 9, 3)}")
+    best = _shown(report["best_miou"], 0, 2)
+    print(f"best: threshold {report['best_threshold']:.2f}, mIoU {best}; IoU per class (- : in neither):")
+    for name, value in report["iou_at_best"].items():
+        print(f"  {name:<14} {_shown(value, 6, 2)}")
+
+
+def claim_output(folder: Path, kind: str, rank: int, hint: str = "") -> None:
+    """Rank 0 claims ``folder`` for ``kind`` (``bas.outputs.claim``) before any work; when
+    it may not, every process stops with its message, so that none waits for the others."""
+    error = None
+    if rank == 0:
+        try:
+            claim(folder, kind, hint)
+        except UserError as caught:
+            error = caught
+    error = gather_objects(error)[0]
+    if error is not None:
+        raise error
+
+
+def output_folder(args: argparse.Namespace) -> Path:
+    """--cam_eval_out_dir, else a sibling of the seed folder (result/cam -> result/cam_eval),
+    so that the seed folder itself, maybe the original's, is only read."""
+    if args.cam_eval_out_dir is not None:
+        return Path(args.cam_eval_out_dir)
+    seeds = Path(args.cam_out_dir).resolve()
+    return seeds.with_name(f"{seeds.name}_eval")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Scores ``args.cam_out_dir`` on ``args.chainer_eval_set``, at ``args.cam_eval_thres``
+    (a list) or the original's sweep; each process scores every world-th id and every
+    process returns the whole set's report. Rank 0 prints it and writes it as JSON."""
+    thresholds = sorted(args.cam_eval_thres or metrics.SWEEP)
+    masks = datasets.voc_masks(args.voc12_root, args.chainer_eval_set)
+    classes = datasets.voc_classes(args.voc12_root)
+    out_dir = output_folder(args)
+    claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --cam_eval_out_dir")
+    local = score_seeds(
+        args.cam_out_dir,
+        masks,
+        thresholds,
+        len(classes),
+        indices=range(args.rank, len(masks), args.world),
+        progress=args.rank == 0 and not args.no_progress,
+    )
+    counts = sum(gather_objects(local))
+    report = {"cam_out_dir": str(args.cam_out_dir), "eval_set": args.chainer_eval_set, "images": len(masks)}
+    report.update(summarize(counts, thresholds, classes))
+    if args.rank == 0:
+        print_report(report)
+        path = out_dir / f"eval_cam_{Path(args.chainer_eval_set).stem}.json"
+        write_text_atomic(path, json.dumps(report, indent=2) + "\n")
+        log.info("eval_cam: report written to %s", path)
+    return report

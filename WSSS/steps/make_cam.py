@@ -1,0 +1,162 @@
+"""Stage make_cam: the seeds, multi-scale + flip class maps of each training image, as the
+original makes them, saved per image in the original's format.
+
+For each net and scale, the net's maps of the image and of its mirror image (one batch
+of 2) are summed with the mirror's flipped back, resized bilinearly to the stride-4 size
+and to the stride-16-rounded-up size (then cropped to the image), and summed over the
+scales; the image's GT classes are kept, each divided by its max (+1e-5). With BAS and
+CAM nets (the original's default) each net's maps are normalised so, summed, and
+normalised again. Saved: ``<cam_out_dir>/<id>.npy``, a pickled dict ``{"keys": K class
+indices (0-based, int64), "cam": K x h4 x w4, "high_res": K x H x W}`` (float32),
+readable by the original's later stages and by ours.
+
+Ids whose file exists are skipped, and each file is written under a temporary name and
+then renamed, so a crashed run is finished by running it again. Under torchrun every
+process does every world-th id; the files do not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from functools import reduce
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from bas.engine import gather_objects, read_checkpoint
+from bas.outputs import replace_atomic
+from WSSS import datasets
+from WSSS.datasets import MultiScaleItem
+from WSSS.models import build_model, load_checkpoint
+from WSSS.steps.eval_cam import claim_output
+
+log = logging.getLogger(__name__)
+
+OUTPUT_KIND = "wsss-seeds"
+
+
+def strided_size(size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """The size of a map at ``stride`` of an H x W image: ceil(H / stride), ceil(W / stride)."""
+    return (size[0] - 1) // stride + 1, (size[1] - 1) // stride + 1
+
+
+def normalize_max(maps: torch.Tensor) -> torch.Tensor:
+    """Each K x h x w map divided by its max + 1e-5, as the original."""
+    return maps / (maps.amax(dim=(-2, -1), keepdim=True) + 1e-5)
+
+
+def net_seed(
+    net: nn.Module, pairs: Sequence[torch.Tensor], keys: torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One net's normalised maps of the ``keys`` classes of one H x W image: K x h4 x w4
+    and K x H x W. ``pairs``: per scale, the image and its mirror, 2 x 3 x h_s x w_s."""
+    low, high = strided_size(size, 4), tuple(16 * s for s in strided_size(size, 16))
+    low_maps, high_maps = [], []
+    for pair in pairs:
+        maps = net.class_maps(pair)  # 2 x C x h x w
+        fused = (maps[0] + maps[1].flip(-1))[keys][None]  # 1 x K x h x w; resizing is per map, so keep K only
+        low_maps.append(F.interpolate(fused, low, mode="bilinear", align_corners=False)[0])
+        full = F.interpolate(fused, high, mode="bilinear", align_corners=False)[0]
+        high_maps.append(full[:, : size[0], : size[1]])
+    return normalize_max(torch.stack(low_maps).sum(0)), normalize_max(torch.stack(high_maps).sum(0))
+
+
+@torch.no_grad()
+def image_seed(nets: Sequence[nn.Module], item: MultiScaleItem, device: torch.device) -> dict:
+    """The seed of one image from one net or the fusion of several."""
+    size = tuple(int(s) for s in item.size)  # (H, W); a data loader hands it back as a list
+    keys = torch.nonzero(torch.as_tensor(item.label))[:, 0]  # K
+    if len(keys) == 0:  # no class to map: an empty seed scores as background everywhere
+        return {
+            "keys": keys.numpy(),
+            "cam": np.zeros((0, *strided_size(size, 4)), np.float32),
+            "high_res": np.zeros((0, *size), np.float32),
+        }
+    pairs = [pair.to(device, non_blocking=True) for pair in item.images]
+    lows, highs = zip(*(net_seed(net, pairs, keys.to(device), size) for net in nets))
+    low, high = lows[0], highs[0]
+    if len(nets) > 1:  # each net's maps normalised, summed, normalised again
+        low, high = normalize_max(reduce(torch.add, lows)), normalize_max(reduce(torch.add, highs))
+    return {"keys": keys.numpy(), "cam": low.cpu().numpy(), "high_res": high.cpu().numpy()}
+
+
+def save_seed(seed: dict, path: Path) -> None:
+    """``np.save`` of the seed dict (a pickle, as the original), written then renamed."""
+
+    def write(fd: int) -> None:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, seed, allow_pickle=True)
+
+    replace_atomic(write, path)
+
+
+def make_seeds(
+    nets: Sequence[nn.Module],
+    dataset: torch.utils.data.Dataset,
+    out_dir: Path,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    workers: int = 0,
+    progress: bool = False,
+) -> int:
+    """Writes the seeds of this process's share of ``dataset`` (every world-th item) whose
+    file is missing; returns how many all processes wrote. ``dataset[i]`` is a
+    ``MultiScaleItem`` and ``dataset.ids[i]`` its id (known without loading the image)."""
+    out_dir = Path(out_dir)
+    todo = [i for i in range(rank, len(dataset), world) if not (out_dir / f"{dataset.ids[i]}.npy").exists()]
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, todo),
+        batch_size=None,  # one image at a time: its scales differ in size
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    for net in nets:
+        net.to(device).eval()
+    for item in tqdm(loader, total=len(todo), desc="make_cam", disable=not progress):
+        save_seed(image_seed(nets, item, device), out_dir / f"{item.image_id}.npy")
+    return sum(gather_objects(len(todo)))  # also waits for every process: the next stage reads all seeds
+
+
+def load_net(method: str, path: str, num_classes: int, arch: str | None) -> nn.Module:
+    """A net of ``method`` with the weights of ``path``: ours, the original BAS release, or
+    IRN's CAM net, which IRN's train_cam saves as ``<name>.pth`` (its default name
+    res50_cam.pth gives res50_cam.pth.pth, which its make_cam reads): that file is taken
+    when ``path`` itself is absent. The arch is ``arch``, else the checkpoint's, else ResNet50."""
+    if not os.path.exists(path) and os.path.exists(path + ".pth"):
+        path = path + ".pth"
+    checkpoint = read_checkpoint(path)
+    net = build_model(method, num_classes, arch=arch or checkpoint.get("arch", "resnet50"))
+    load_checkpoint(net, checkpoint)
+    log.info("make_cam: %s net from %s", method, path)
+    return net
+
+
+def run(args: argparse.Namespace) -> int:
+    """Seeds of ``args.train_list`` (the original makes them for train_aug) into
+    ``args.cam_out_dir`` from the nets of ``args.seed_nets``; returns how many were written."""
+    samples = datasets.voc_samples(args.voc12_root, args.train_list)
+    num_classes = len(datasets.voc_classes(args.voc12_root))
+    weights = {"bas": args.bas_weights_name, "cam": args.cam_weights_name}
+    nets = [load_net(method, weights[method], num_classes, args.arch) for method in args.seed_nets.split("+")]
+    out_dir = Path(args.cam_out_dir)
+    claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --cam_out_dir")
+    written = make_seeds(
+        nets,
+        datasets.MultiScaleSet(samples, args.cam_scales),
+        out_dir,
+        args.device,
+        args.rank,
+        args.world,
+        args.num_workers,
+        progress=args.rank == 0 and not args.no_progress,
+    )
+    log.info("make_cam: %d seeds written to %s (%d were there)", written, out_dir, len(samples) - written)
+    return written
