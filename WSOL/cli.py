@@ -160,7 +160,8 @@ def describe_checkpoint(path: Path, extra: dict) -> str:
         line += f" (epoch {extra['epoch']}"
         quantity = BEST_CHECKPOINTS.get(path.name)
         if quantity and "metrics" in extra:
-            line += f": the best {quantity.replace('+', ' + ').replace('_', ' ')} during training"
+            words = {"top1_loc": "top-1 loc", "gt_known": "GT-known"}
+            line += f": the best {' + '.join(words[q] for q in quantity.split('+'))} during training"
         line += ")"
     return line
 
