@@ -32,8 +32,13 @@ DEFAULT_DATA_DIRS = {
     "CUB": "data/CUB_200_2011",
     "ILSVRC": "data/ILSVRC",
     "OpenImages": "data/OpenImages",
+    "Dogs": "data/StanfordDogs",
+    "Cars": "data/stanford_cars",
+    "Aircraft": "data/fgvc-aircraft-2013b",
     "Synthetic": "data/Synthetic",
 }
+# FGVC-Aircraft's split that train.py trains on: train + val, as the original.
+AIRCRAFT_TRAIN_SPLIT = "trainval"
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,13 +47,15 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--root",
         default="Synthetic",
         choices=list(PRESETS),
-        help="dataset; Synthetic (the default) is a small demo set written on first use in the CUB release format",
+        help="dataset; Synthetic (the default) is a small demo set written on first use in the CUB release format; "
+        "Dogs, Cars and Aircraft are Stanford Dogs, Stanford Cars and FGVC-Aircraft in their release formats",
     )
     group.add_argument(
         "--data-dir",
         type=Path,
-        help="where the dataset lies: the CUB_200_2011 release folder, the ILSVRC or OpenImages root "
-        "(default: data/<root> under the current folder)",
+        help="where the dataset lies: the CUB_200_2011 release folder, the ILSVRC or OpenImages root, the Stanford "
+        "Dogs or Stanford Cars release folder, the fgvc-aircraft-2013b folder (default: under data/ in the current "
+        "folder); with --metadata and --maps, only needed where image_sizes.txt does not give every size",
     )
     group.add_argument(
         "--metadata",
@@ -167,8 +174,16 @@ def describe_checkpoint(path: Path, extra: dict) -> str:
 
 
 def class_names(args: argparse.Namespace) -> list[str] | None:
-    """Class names from the CUB release's classes.txt ("1 001.Black_footed_Albatross" ->
-    "Black_footed_Albatross"), where the dataset has them."""
+    """Class names where the dataset has them: the CUB release's classes.txt ("1
+    001.Black_footed_Albatross" -> "Black_footed_Albatross"), the Stanford Dogs breed folders,
+    Stanford Cars' cars_meta.mat, FGVC-Aircraft's variants.txt."""
+    readers = {
+        "Dogs": datasets.dogs_class_names,
+        "Cars": datasets.cars_class_names,
+        "Aircraft": datasets.aircraft_class_names,
+    }
+    if args.root in readers:
+        return readers[args.root](args.data_dir)
     path = args.data_dir / "classes.txt"
     if args.root not in ("CUB", "Synthetic") or not path.is_file():
         return None
@@ -185,14 +200,27 @@ def resolve_preset(args: argparse.Namespace) -> Preset:
     return values
 
 
-def load_samples(args: argparse.Namespace, split: str) -> list[datasets.Sample]:
-    """The samples of ``split`` ('train', 'val' or 'test') of ``args.root``."""
+def load_samples(args: argparse.Namespace, split: str, images: bool = True) -> list[datasets.Sample]:
+    """The samples of ``split`` ('train', 'val' or 'test') of ``args.root``. FGVC-Aircraft's
+    'train' is its train + val split, as the original trains on.
+
+    ``images`` False: the caller reads no pixel (it scores saved maps), so wsolevaluation
+    metadata needs no image folder where its image_sizes.txt gives every image's size.
+    """
+    if args.metadata is not None and not images:
+        return datasets.wsol_metadata(args.metadata / split, None)
     if args.root == "Synthetic":  # written on first use, in the CUB release format
         ensure_synthetic(args.data_dir, hint=synthetic_hint(args.data_dir))
     if args.metadata is not None:
         return datasets.wsol_metadata(args.metadata / split, args.data_dir, args.mask_dir)
     if args.root in ("CUB", "Synthetic"):
         return datasets.cub_release(args.data_dir, split)
+    if args.root == "Dogs":
+        return datasets.stanford_dogs(args.data_dir, split)
+    if args.root == "Cars":
+        return datasets.stanford_cars(args.data_dir, split)
+    if args.root == "Aircraft":
+        return datasets.fgvc_aircraft(args.data_dir, AIRCRAFT_TRAIN_SPLIT if split == "train" else split)
     if args.root == "ILSVRC" and split == "train":
         return datasets.class_folders(args.data_dir / "train")
     raise datasets.DatasetError(
@@ -210,15 +238,22 @@ def synthetic_hint(folder: Path) -> str:
         return "It looks like the CUB-200-2011 release: did you mean --root CUB?"
     if (folder / "train").is_dir() or (folder / "val").is_dir():
         return "It looks like a real dataset: did you mean --root ILSVRC or --root OpenImages (with --metadata)?"
+    releases = {"Annotation": "Dogs", "devkit/cars_meta.mat": "Cars", "data/images_box.txt": "Aircraft"}
+    for name, root in releases.items():
+        if (folder / name).exists():
+            return f"It looks like a real dataset: did you mean --root {root}?"
     return (
         "--root Synthetic (the default) writes its demo set only into an absent or empty folder: "
-        "pass --root CUB / ILSVRC / OpenImages for a real dataset, or another --data-dir."
+        "pass --root CUB / ILSVRC / OpenImages / Dogs / Cars / Aircraft for a real dataset, or another --data-dir."
     )
 
 
-def model_for_evaluation(args: argparse.Namespace, device: torch.device) -> tuple[Generator, dict, Preset]:
+def model_for_evaluation(
+    args: argparse.Namespace, device: torch.device, checkpoint: dict | None = None
+) -> tuple[Generator, dict, Preset]:
     """The model of ``args.checkpoint`` (default: the demo's best) on ``device``, the
-    checkpoint's other entries, and the preset.
+    checkpoint's other entries, and the preset. ``checkpoint``: the file's content where the
+    caller has read it already (a large file is read once).
 
     Our checkpoints record arch, method and classes; for the original release's, --arch
     (and --num-classes where the dataset's default does not fit) say what to build.
@@ -226,7 +261,7 @@ def model_for_evaluation(args: argparse.Namespace, device: torch.device) -> tupl
     if args.checkpoint is None:
         resolve_preset(args)
         args.checkpoint = Path("logs") / args.root / f"{args.arch}_{args.method or 'bas'}" / "best_loc.pth"
-    checkpoint = read_checkpoint(args.checkpoint)
+    checkpoint = checkpoint if checkpoint is not None else read_checkpoint(args.checkpoint)
     for key in ("arch", "method", "num_classes"):
         given, recorded = getattr(args, key, None), checkpoint.get(key)
         if given is not None and recorded is not None and given != recorded:

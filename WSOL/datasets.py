@@ -1,19 +1,23 @@
 """Dataset lists -> samples, and the image transforms of the original BAS loaders.
 
-Three layouts are read: the CUB-200-2011 release, wsolevaluation's metadata (CUB, ILSVRC,
-OpenImages) and class folders (ILSVRC train). Every list is checked while the sample list is
-built, so bad input stops at once with ``path:line: problem`` instead of failing later inside a
-data-loader worker. Only an image that fails to decode is found at load time.
+Layouts read: the CUB-200-2011 release, wsolevaluation's metadata (CUB, ILSVRC, OpenImages),
+class folders (ILSVRC train), and the official releases of Stanford Dogs, Stanford Cars and
+FGVC-Aircraft (their MATLAB lists need scipy). Every list is checked while the sample list is
+built, so bad input stops at once with ``path:line: problem`` (``path: entry N: problem`` in a
+MATLAB file) instead of failing later inside a data-loader worker. Only an image that fails to
+decode is found at load time.
 
 Boxes are (x0, y0, x1, y1) in original image pixels, as the lists give them. The CUB release
 gives (x, y, width, height); we take x1 = x + width, y1 = y + height: exactly the original BAS
 list (test_bounding_box.txt). wsolevaluation's CUB localization.txt holds the same boxes clipped
-to (width - 1, height - 1).
+to (width - 1, height - 1). Cars and Aircraft give 1-based pixel indices with the max inclusive;
+they become the same kind of pixel-edge box, (xmin - 1, ymin - 1, xmax, ymax).
 """
 
 from __future__ import annotations
 
 import math
+import xml.etree.ElementTree as ET
 from collections import defaultdict
 from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass
@@ -63,23 +67,26 @@ def _at(path: Path, lineno: int, problem: str) -> DatasetError:
     return DatasetError(f"{path}:{lineno}: {problem}")
 
 
-def _read_list(path: Path, forms: str | tuple[str, ...], layout: str) -> Rows:
-    """The non-blank lines of a list file, split into fields (by commas when the form has them,
-    else by white space). With several forms, the first line picks one and all lines follow it."""
-    forms = (forms,) if isinstance(forms, str) else forms
+def _read_lines(path: Path, layout: str) -> list[tuple[int, str]]:
+    """(line number, stripped line) for every non-blank line of a UTF-8 text file."""
     if not path.is_file():
         raise DatasetError(f"{path}: list file missing; expected {layout}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise DatasetError(f"{path}: not a UTF-8 text file ({error})") from None
+    return [(lineno, line.strip()) for lineno, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _read_list(path: Path, forms: str | tuple[str, ...], layout: str) -> Rows:
+    """The non-blank lines of a list file, split into fields (by commas when the form has them,
+    else by white space). With several forms, the first line picks one and all lines follow it."""
+    forms = (forms,) if isinstance(forms, str) else forms
     sep = "," if "," in forms[0] else None
     counts = [len(form.split(sep)) for form in forms]
     count, rows = None, []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        fields = line.strip().split(sep)
-        if fields == [] or fields == [""]:
-            continue
+    for lineno, line in _read_lines(path, layout):
+        fields = line.split(sep)
         if count is None and len(fields) in counts:
             count = len(fields)
         if len(fields) != count:
@@ -233,7 +240,7 @@ def _cub_class_ids(path: Path) -> set[int]:
     return ids
 
 
-def wsol_metadata(metadata_dir: Path, image_root: Path, mask_root: Path | None = None) -> list[Sample]:
+def wsol_metadata(metadata_dir: Path, image_root: Path | None, mask_root: Path | None = None) -> list[Sample]:
     """One split of wsolevaluation's metadata (metadata/<DS>/<split>/), in image_ids.txt order.
 
     class_labels.txt must label every image (0-based). image_sizes.txt (empty for OpenImages)
@@ -241,10 +248,12 @@ def wsol_metadata(metadata_dir: Path, image_root: Path, mask_root: Path | None =
     every image. localization.txt holds boxes, ``image_id,x0,y0,x1,y1``, or OpenImages masks,
     ``image_id,mask_path,ignore_path`` (the ignore path on an image's first line only); one line
     per box or mask. Image ids are relative to ``image_root``, masks to ``mask_root`` (default:
-    ``image_root``).
+    ``image_root``). ``image_root`` None is for callers that read no pixel (scoring saved maps):
+    image_sizes.txt must then give every image's size, and the paths are the ids themselves.
     """
-    metadata_dir, image_root = Path(metadata_dir), Path(image_root)
-    mask_root = image_root if mask_root is None else Path(mask_root)
+    metadata_dir = Path(metadata_dir)
+    image_root = Path(image_root) if image_root is not None else None
+    mask_root = Path(mask_root) if mask_root is not None else image_root
     if not metadata_dir.is_dir():
         raise DatasetError(f"{metadata_dir}: no such folder; expected {WSOL_LAYOUT}")
     index = metadata_dir / "image_ids.txt"
@@ -255,7 +264,7 @@ def wsol_metadata(metadata_dir: Path, image_root: Path, mask_root: Path | None =
         listed[image_id] = lineno
     if not listed:
         raise DatasetError(f"{index}: lists no image")
-    if not image_root.is_dir():
+    if image_root is not None and not image_root.is_dir():
         example = next(iter(listed))
         raise DatasetError(f"{image_root}: no such folder; expected the root that ids like {example!r} are in")
 
@@ -279,6 +288,11 @@ def wsol_metadata(metadata_dir: Path, image_root: Path, mask_root: Path | None =
             if width < 1 or height < 1:
                 raise _at(sizes_txt, lineno, f"size {width}x{height} is empty")
             sizes[image_id] = (width, height)
+    if image_root is None:
+        for image_id, lineno in listed.items():
+            if image_id not in sizes:
+                problem = f"image {image_id!r} has no size in image_sizes.txt, and no image folder was given to read it"
+                raise _at(index, lineno, problem)
 
     boxes, masks, ignores = defaultdict(list), defaultdict(list), {}
     if (metadata_dir / "localization.txt").exists():
@@ -295,13 +309,13 @@ def wsol_metadata(metadata_dir: Path, image_root: Path, mask_root: Path | None =
                     raise _at(loc_txt, lineno, "empty mask path")
                 if ignore and image_id in ignores:
                     raise _at(loc_txt, lineno, "ignore mask on a later line: only the image's first line may name it")
-                ignores.setdefault(image_id, mask_root / ignore if ignore else None)
-                masks[image_id].append(mask_root / mask)
+                ignores.setdefault(image_id, _under(mask_root, ignore) if ignore else None)
+                masks[image_id].append(_under(mask_root, mask))
 
     return [
         Sample(
             image_id,
-            image_root / image_id,
+            _under(image_root, image_id),
             labels[image_id],
             _boxes(boxes[image_id]),
             sizes.get(image_id),
@@ -310,6 +324,10 @@ def wsol_metadata(metadata_dir: Path, image_root: Path, mask_root: Path | None =
         )
         for image_id in listed
     ]
+
+
+def _under(root: Path | None, name: str) -> Path:
+    return Path(name) if root is None else root / name
 
 
 _NO_BOXES = _boxes([])  # 0 x 4
@@ -327,6 +345,273 @@ def class_folders(root: Path) -> list[Sample]:
     except FileNotFoundError as error:
         raise DatasetError(f"{root}: {error}; expected {FOLDERS_LAYOUT}") from None
     return [Sample(Path(p).relative_to(root).as_posix(), Path(p), label, _NO_BOXES, None) for p, label in found]
+
+
+# ------------------------------------------------------- Stanford Dogs, Stanford Cars, FGVC-Aircraft
+DOGS_LAYOUT = (
+    "the Stanford Dogs release: Images/<wnid-breed>/<file>.jpg, Annotation/<wnid-breed>/<file> (XML boxes), "
+    "train_list.mat and test_list.mat (beside Images/ or in lists/)"
+)
+CARS_LAYOUT = (
+    "the Stanford Cars release: cars_train/, cars_test/, devkit/cars_train_annos.mat, devkit/cars_meta.mat, and "
+    "cars_test_annos_withlabels.mat (the test labels, released apart; beside devkit/ or in it)"
+)
+AIRCRAFT_LAYOUT = (
+    "the fgvc-aircraft-2013b folder: data/images/<id>.jpg, data/images_variant_<split>.txt, data/images_box.txt, "
+    "data/variants.txt"
+)
+AIRCRAFT_SPLITS = ("train", "val", "trainval", "test")
+
+
+def _folders(layout: str, *folders: Path) -> None:
+    for folder in folders:
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: no such folder; expected {layout}")
+
+
+def _read_mat(path: Path, names: tuple[str, ...], layout: str) -> list[np.ndarray]:
+    """The named variables of a MATLAB (v5) file, each as a 1-D array (MATLAB's N x 1 and 1 x N
+    shapes squeezed): cell arrays of strings become object arrays of str, struct arrays become
+    structured arrays with one field per struct field."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: file missing; expected {layout}")
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise DatasetError(f"{path}: reading MATLAB files needs scipy (pip install scipy)") from None
+    try:
+        content = loadmat(path, squeeze_me=True)
+    except Exception as error:  # scipy raises many kinds (MatReadError, ValueError, NotImplementedError for v7.3)
+        raise DatasetError(f"{path}: not a MATLAB v5 file scipy can read ({error})") from None
+    missing = [name for name in names if name not in content]
+    if missing:
+        raise DatasetError(f"{path}: no variable {', '.join(map(repr, missing))}; expected {layout}")
+    return [np.atleast_1d(content[name]) for name in names]
+
+
+def _mat_text(path: Path, entry: int, value, what: str) -> str:
+    """One string of a cell array, checked; ``entry`` is 0-based, shown 1-based as MATLAB counts."""
+    if not isinstance(value, str) or not value:
+        raise DatasetError(f"{path}: entry {entry + 1}: {what} {_mat_shown(value)} is not a name")
+    return value
+
+
+def _mat_int(path: Path, entry: int, value, what: str, low: int = 1) -> int:
+    """A whole number >= ``low`` (MATLAB stores labels as doubles or small integer types)."""
+    number = float(value) if np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.number) else math.nan
+    if not number.is_integer() or number < low:
+        raise DatasetError(f"{path}: entry {entry + 1}: {what} {_mat_shown(value)} is not an integer >= {low}")
+    return int(number)
+
+
+def _mat_shown(value) -> str:
+    value = value.item() if isinstance(value, np.generic) else value
+    return f"{value:g}" if isinstance(value, float) else repr(value)
+
+
+def _found(path: Path, elsewhere: Path) -> Path:
+    """``path``, or ``elsewhere`` where only that one exists (a release unpacked another way); a
+    missing file is then reported at ``path``."""
+    return elsewhere if elsewhere.is_file() and not path.is_file() else path
+
+
+def stanford_dogs(root: Path, split: str) -> list[Sample]:
+    """The 'train' or 'test' images of the Stanford Dogs release, in the order of its list.
+
+    ``<split>_list.mat`` holds ``file_list`` (Images/ paths), ``annotation_list`` (Annotation/
+    paths) and ``labels`` (1-based; 0-based here). Each annotation is a PASCAL-style XML file with
+    one ``<bndbox>`` per dog: boxes are kept as written (xmin, ymin, xmax, ymax), as ILSVRC's,
+    from which the set was drawn; the image size is the annotation's ``<size>``. Every file of a
+    breed folder must carry the same label, so that the folder names name the classes.
+    """
+    if split not in ("train", "test"):
+        raise DatasetError(f"Stanford Dogs split {split!r}: expected 'train' or 'test'")
+    root = Path(root)
+    _folders(DOGS_LAYOUT, root, root / "Images", root / "Annotation")
+    path = _found(root / f"{split}_list.mat", root / "lists" / f"{split}_list.mat")
+    files, annotations, labels = _read_mat(path, ("file_list", "annotation_list", "labels"), DOGS_LAYOUT)
+    if not len(files) == len(annotations) == len(labels):
+        raise DatasetError(
+            f"{path}: {len(files)} files, {len(annotations)} annotations and {len(labels)} labels: expected one each"
+        )
+    samples, breeds, folders = [], {}, {}  # breed folder -> (label, first entry), label -> (folder, first entry)
+    for entry, (name, annotation, label) in enumerate(zip(files, annotations, labels)):
+        name = _mat_text(path, entry, name, "file_list")
+        annotation = _mat_text(path, entry, annotation, "annotation_list")
+        label = _mat_int(path, entry, label, "label")
+        folder = name.split("/", 1)[0]
+        seen, first = breeds.setdefault(folder, (label, entry))
+        if seen != label:
+            raise DatasetError(
+                f"{path}: entry {entry + 1}: label {label} for {folder}/, which entry {first + 1} labels {seen}"
+            )
+        seen, first = folders.setdefault(label, (folder, entry))
+        if seen != folder:
+            raise DatasetError(
+                f"{path}: entry {entry + 1}: label {label} for {folder}/, as entry {first + 1} for {seen}/"
+            )
+        boxes, size = _voc_boxes(root / "Annotation" / annotation)
+        samples.append(Sample(name, root / "Images" / name, label - 1, _boxes(boxes), size))
+    if not samples:
+        raise DatasetError(f"{path}: lists no image")
+    return samples
+
+
+def _voc_boxes(path: Path) -> tuple[list[tuple[float, ...]], tuple[int, int] | None]:
+    """The ``<bndbox>`` boxes and the ``<size>`` of a PASCAL-style XML annotation. The file is fed
+    to the parser line by line, so that a problem is reported at its line: a bad value at the
+    line that closes it, a missing one at the line that closes its box."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: annotation missing; expected {DOGS_LAYOUT}")
+    parser = ET.XMLPullParser(events=("end",))
+    boxes, size, closed = [], None, {}  # closed: element -> the line that closes it
+    try:
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(keepends=True), 1):
+            parser.feed(line)
+            for _, element in parser.read_events():
+                closed[element] = lineno
+                if element.tag == "bndbox":
+                    box = tuple(_xml_number(path, closed, element, key) for key in ("xmin", "ymin", "xmax", "ymax"))
+                    boxes.append(_box(path, lineno, box, None))
+                elif element.tag == "size":
+                    width, height = (_xml_number(path, closed, element, key) for key in ("width", "height"))
+                    size = (int(width), int(height)) if width >= 1 and height >= 1 else None
+        parser.close()
+    except ET.ParseError as error:
+        raise _at(path, error.position[0], f"not valid XML ({error})") from None
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{path}: not a UTF-8 text file ({error})") from None
+    if not boxes:
+        raise DatasetError(f"{path}: no <bndbox> (expected one per object)")
+    return boxes, size
+
+
+def _xml_number(path: Path, closed: dict, element: ET.Element, key: str) -> float:
+    child = element.find(key)
+    if child is None:
+        raise _at(path, closed[element], f"<{element.tag}> has no <{key}>")
+    return _float(path, closed[child], (child.text or "").strip(), key)
+
+
+def dogs_class_names(root: Path) -> list[str] | None:
+    """Breed names by label ("n02085620-Chihuahua" -> "Chihuahua") from the train list, or None
+    where the list is absent."""
+    path = _found(Path(root) / "train_list.mat", Path(root) / "lists" / "train_list.mat")
+    if not path.is_file():
+        return None
+    names = {}
+    for entry, (name, label) in enumerate(zip(*_read_mat(path, ("file_list", "labels"), DOGS_LAYOUT))):
+        breed = _mat_text(path, entry, name, "file_list").split("/", 1)[0]
+        names[_mat_int(path, entry, label, "label") - 1] = breed.split("-", 1)[-1]
+    return [names.get(label, f"class {label}") for label in range(max(names) + 1)] if names else None
+
+
+def stanford_cars(root: Path, split: str) -> list[Sample]:
+    """The 'train' or 'test' images of the Stanford Cars release, in annotation order.
+
+    The annotations are struct arrays (``bbox_x1, bbox_y1, bbox_x2, bbox_y2, class, fname``) in
+    MATLAB's 1-based pixel coordinates, the max inclusive; boxes here are their pixel edges in
+    0-based coordinates, (x1 - 1, y1 - 1, x2, y2), as the CUB boxes (x, y, x + w, y + h). Classes
+    are 1-based (0-based here) and index devkit/cars_meta.mat's class names, which are checked
+    where present.
+    """
+    if split not in ("train", "test"):
+        raise DatasetError(f"Stanford Cars split {split!r}: expected 'train' or 'test'")
+    root = Path(root)
+    images = root / f"cars_{split}"
+    _folders(CARS_LAYOUT, root, images, root / "devkit")
+    if split == "train":
+        path = root / "devkit" / "cars_train_annos.mat"
+    else:
+        path = _found(root / "cars_test_annos_withlabels.mat", root / "devkit" / "cars_test_annos_withlabels.mat")
+    (annotations,) = _read_mat(path, ("annotations",), CARS_LAYOUT)
+    fields = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
+    missing = [field for field in fields if field not in (annotations.dtype.names or ())]
+    if missing:
+        hint = " (cars_test_annos.mat has none: the test labels are cars_test_annos_withlabels.mat)"
+        raise DatasetError(
+            f"{path}: annotations lack the field {', '.join(map(repr, missing))}{hint if 'class' in missing else ''}"
+        )
+    classes = cars_class_names(root)
+    samples = []
+    for entry, record in enumerate(annotations):
+        name = _mat_text(path, entry, record["fname"], "fname")
+        x1, y1, x2, y2 = (_mat_int(path, entry, record[field], field) for field in fields[:4])
+        label = _mat_int(path, entry, record["class"], "class")
+        if classes is not None and label > len(classes):
+            raise DatasetError(f"{path}: entry {entry + 1}: class {label}, but cars_meta.mat names {len(classes)}")
+        if x2 < x1 or y2 < y1:
+            raise DatasetError(f"{path}: entry {entry + 1}: box ({x1}, {y1}, {x2}, {y2}) has x2 < x1 or y2 < y1")
+        samples.append(Sample(name, images / name, label - 1, _boxes([(x1 - 1, y1 - 1, x2, y2)]), None))
+    if not samples:
+        raise DatasetError(f"{path}: lists no image")
+    return samples
+
+
+def cars_class_names(root: Path) -> list[str] | None:
+    """devkit/cars_meta.mat's class names, or None where it is absent."""
+    path = Path(root) / "devkit" / "cars_meta.mat"
+    if not path.is_file():
+        return None
+    (names,) = _read_mat(path, ("class_names",), CARS_LAYOUT)
+    return [_mat_text(path, entry, name, "class name") for entry, name in enumerate(names)]
+
+
+def fgvc_aircraft(root: Path, split: str) -> list[Sample]:
+    """One split ('train', 'val', 'trainval' or 'test') of FGVC-Aircraft 2013b, by variant (100
+    classes), in the order of ``images_variant_<split>.txt``.
+
+    Labels are the variants' positions in variants.txt. images_box.txt gives one box per image as
+    1-based pixel indices, the max inclusive (its README: the top-left pixel is (1, 1)); boxes here
+    are their pixel edges in 0-based coordinates, (xmin - 1, ymin - 1, xmax, ymax). The images keep
+    the 20-pixel copyright banner at their bottom, as the boxes' frame does.
+    """
+    if split not in AIRCRAFT_SPLITS:
+        raise DatasetError(f"FGVC-Aircraft split {split!r}: expected one of {', '.join(AIRCRAFT_SPLITS)}")
+    data = Path(root) / "data"
+    _folders(AIRCRAFT_LAYOUT, Path(root), data, data / "images")
+    variants = {name: label for label, name in enumerate(aircraft_class_names(root, required=True))}
+    index = data / f"images_variant_{split}.txt"
+    listed = {}  # image id -> (line, label)
+    for lineno, line in _read_lines(index, AIRCRAFT_LAYOUT):
+        image_id, _, variant = line.partition(" ")
+        if variant.strip() not in variants:
+            raise _at(index, lineno, f"variant {variant.strip()!r} is not in variants.txt")
+        if image_id in listed:
+            raise _at(index, lineno, f"image {image_id!r} again (first on line {listed[image_id][0]})")
+        listed[image_id] = (lineno, variants[variant.strip()])
+    if not listed:
+        raise DatasetError(f"{index}: lists no image")
+    boxes_txt = data / "images_box.txt"
+    boxes = {}
+    for lineno, (image_id, *fields) in _read_list(boxes_txt, "<image_id> <xmin> <ymin> <xmax> <ymax>", AIRCRAFT_LAYOUT):
+        if image_id in boxes:
+            raise _at(boxes_txt, lineno, f"image {image_id!r} again")
+        xmin, ymin, xmax, ymax = (_float(boxes_txt, lineno, text, "box value") for text in fields)
+        if min(xmin, ymin) < 1:
+            raise _at(boxes_txt, lineno, f"box ({' '.join(fields)}) starts before pixel 1 (coordinates are 1-based)")
+        boxes[image_id] = _box(boxes_txt, lineno, (xmin - 1, ymin - 1, xmax, ymax), None)
+    samples = []
+    for image_id, (lineno, label) in listed.items():
+        if image_id not in boxes:
+            raise _at(index, lineno, f"image {image_id!r} has no line in images_box.txt")
+        name = f"{image_id}.jpg"
+        samples.append(Sample(name, data / "images" / name, label, _boxes([boxes[image_id]]), None))
+    return samples
+
+
+def aircraft_class_names(root: Path, required: bool = False) -> list[str] | None:
+    """The variants, one per line of data/variants.txt, in label order (None where the file is absent
+    and not ``required``)."""
+    path = Path(root) / "data" / "variants.txt"
+    if not required and not path.is_file():
+        return None
+    names = {}
+    for lineno, name in _read_lines(path, AIRCRAFT_LAYOUT):
+        if name in names:
+            raise _at(path, lineno, f"variant {name!r} again (first on line {names[name]})")
+        names[name] = lineno
+    return list(names)
 
 
 def num_classes(samples: list[Sample]) -> int:

@@ -4,7 +4,7 @@ original release's; or of any method's saved maps (--maps).
 
     python evaluator.py                                   # the demo's best checkpoint
     python evaluator.py --root CUB --data-dir /data/CUB_200_2011 --arch resnet --checkpoint resnet_cub.pth.tar
-    python evaluator.py --maps scoremaps/ --metadata metadata/CUB --data-dir /data/CUB_200_2011
+    python evaluator.py --maps scoremaps/ --root CUB --metadata metadata/CUB --output-dir scores/
 
 Writes metrics.json (and, when asked, overlays in images/) to --output-dir, and maps to
 --save-maps; an output folder must be new, empty, or one this project wrote.
@@ -171,12 +171,16 @@ def _saving(batches, samples, directory, size):
 def evaluate_saved_maps(args: argparse.Namespace, rank: int = 0, world: int = 1) -> dict:
     """MaxBoxAccV2, and GT-known Loc at --threshold (default: the thresholds the maps were
     saved with), of saved maps against the dataset's boxes resized to the crop size (224 x
-    224 on the real datasets, as wsolevaluation); each process scores its share."""
+    224 on the real datasets, as wsolevaluation); each process scores its share.
+
+    No pixel is read: with --metadata whose image_sizes.txt gives every size, no --data-dir
+    is needed (the boxes are scaled by those sizes)."""
+    images = args.data_dir is not None or args.metadata is None
     values = resolve_preset(args)
     evaluation_output_dir(args)
     marker = read_marker(args.maps) or {}
     thresholds = args.threshold or marker.get("thresholds") or [values.threshold]
-    samples = load_samples(args, args.split)
+    samples = load_samples(args, args.split, images=images)
     best_iou, counts = [np.zeros((0, len(thresholds)))], 0
     for chunk, maps in saved_map_batches(args.maps, samples[rank::world], values.crop):
         gt = [metrics.boxes_resized(s.boxes, image_size(s), values.crop) for s in chunk]
