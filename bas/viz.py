@@ -43,17 +43,18 @@ def overlay(
         draw(box, RED)
     if predicted is not None:
         draw(predicted, GREEN)
-    return np.concatenate([blended, _legend(width, caption)])
+    return np.concatenate([blended, _legend(width, caption, len(ground_truth) > 0)])
 
 
-def _legend(width: int, caption: str) -> np.ndarray:
-    """A black band: the caption, then "predicted" in green and "ground truth" in red."""
+def _legend(width: int, caption: str, with_ground_truth: bool) -> np.ndarray:
+    """A black band: the caption, then "predicted" in green (and "ground truth" in red)."""
     font, scale, line = cv2.FONT_HERSHEY_SIMPLEX, 0.45, 18
     band = np.zeros((2 * line + 6, width, 3), np.uint8)
     cv2.putText(band, caption, (4, line - 4), font, scale, WHITE, 1, cv2.LINE_AA)
     cv2.putText(band, "predicted", (4, 2 * line), font, scale, GREEN, 1, cv2.LINE_AA)
-    offset = 8 + cv2.getTextSize("predicted", font, scale, 1)[0][0]
-    cv2.putText(band, "ground truth", (offset, 2 * line), font, scale, RED, 1, cv2.LINE_AA)
+    if with_ground_truth:
+        offset = 8 + cv2.getTextSize("predicted", font, scale, 1)[0][0]
+        cv2.putText(band, "ground truth", (offset, 2 * line), font, scale, RED, 1, cv2.LINE_AA)
     return band
 
 
