@@ -14,36 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from bas.amc import bas_loss
-from bas.engine import (
-    Average,
-    JsonLines,
-    SeededItems,
-    ShuffledShards,
-    autocast,
-    epoch_seed,
-    finish_distributed,
-    gather_objects,
-    init_distributed,
-    loader_options,
-    memory_format,
-    save_atomic,
-    seed_everything,
-    set_step_lr,
-    sgd,
-    share_buffers,
-)
+from bas.engine import gather_objects, save_atomic, set_step_lr, sgd, share_buffers
 from bas.errors import ArgumentError, require_positive, require_unit_interval, run_main
-from bas.outputs import check_writable, claim, write_text_atomic
+from bas.outputs import check_writable, write_text_atomic
+from bas.training import TrainingRun, epoch_line, jsonable_args
 from WSOL.cli import BEST_CHECKPOINTS, add_speed_arguments, load_samples, resolve_preset, script_parser
 from WSOL.datasets import ImageDataset, test_transform, train_transform
 from WSOL.inference import BoxResults, box_results, evaluation_loader, predict
@@ -106,28 +85,17 @@ def fill_defaults(args: argparse.Namespace) -> None:
     check_writable(args.output_dir, RUN_KIND, "Choose another --output-dir.")
 
 
-def train_one_epoch(model, loader, optimizer, scaler, epoch: int, args, device, show: bool) -> dict[str, float]:
-    """One pass over this process's share of the data; the means are this process's."""
-    model.train()
-    meters: dict[str, Average] = {}
-    progress = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=args.no_progress or not show)
-    layout = memory_format(args.channels_last)
-    for step, (images, labels, _) in enumerate(progress):
-        images = images.to(device, non_blocking=True, memory_format=layout)
-        labels = labels.to(device, non_blocking=True)
-        with autocast(device, args.amp):
-            out = model(images, labels)
-            loss, parts = bas_loss(out, labels, args.alpha, args.beta)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+def bas_step(alpha: float, beta: float):
+    """The loss of one batch: the BAS loss (CE only for the CAM baseline, whose outputs
+    have no AMC terms), with the classification accuracy for the log."""
+
+    def compute_loss(model, images, labels, step):
+        out = model(images, labels)
+        loss, parts = bas_loss(out, labels, alpha, beta)
         parts["cls_acc"] = (out.score.argmax(1) == labels).float().mean() * 100
-        for name, value in parts.items():
-            meters.setdefault(name, Average()).update(value.item(), len(labels))
-    return {name: meter.mean for name, meter in meters.items()}
+        return loss, parts
+
+    return compute_loss
 
 
 def evaluate(model, loader, samples, args, device, show: bool) -> dict:
@@ -141,96 +109,78 @@ def evaluate(model, loader, samples, args, device, show: bool) -> dict:
 
 def train(args: argparse.Namespace) -> dict:
     fill_defaults(args)
-    device, rank, world = init_distributed(args.device, args.local_rank)
-    main_process = rank == 0
-    if args.batch_size % world:
-        raise ArgumentError(f"--batch-size {args.batch_size} (global) does not split over {world} processes")
-    batch_size = args.batch_size // world
-    seed_everything(args.seed)
+    run = TrainingRun(
+        args.output_dir,
+        RUN_KIND,
+        args.batch_size,
+        args.seed,
+        args.device,
+        args.local_rank,
+        progress=not args.no_progress,
+    )
+    device = run.device
     log.info(
         "training %s %s on %s (%s x %d), output in %s",
         args.method,
         args.arch,
         args.root,
         device,
-        world,
+        run.world,
         args.output_dir,
     )
 
     # ============ data ============
     train_set = ImageDataset(load_samples(args, "train"), train_transform(args.resize, args.crop))
-    sampler = ShuffledShards(len(train_set), rank, world, args.seed)
-    train_loader = DataLoader(
-        SeededItems(train_set), batch_size=batch_size, sampler=sampler, **loader_options(args.workers, device)
-    )
+    train_loader = run.loader(train_set, args.workers)
     test_samples = load_samples(args, args.eval_split)
     test_loader = evaluation_loader(
-        test_samples, test_transform(args.resize, args.crop), batch_size, args.workers, device, rank, world
+        test_samples, test_transform(args.resize, args.crop), run.batch_size, args.workers, device, run.rank, run.world
     )
     log.info("%d training images, %d %s images", len(train_set), len(test_samples), args.eval_split)
 
     # ============ model and optimizer ============
-    model = build_model(args.arch, args.num_classes, args.pretrained, args.method)
-    model = model.to(device, memory_format=memory_format(args.channels_last))
-    if world > 1 and args.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = run.place(
+        build_model(args.arch, args.num_classes, args.pretrained, args.method), args.sync_bn, args.channels_last
+    )
     optimizer = sgd(model, args.lr, args.weight_decay, args.momentum)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    scaler = run.scaler(args.amp)
 
     # ============ resume ============
-    history = JsonLines(args.output_dir / "log.jsonl")
-    start_epoch, best = 0, {name: -1.0 for name in BEST_CHECKPOINTS}
-    last = args.output_dir / "last.pth"
-    if args.resume and last.is_file():
-        checkpoint = torch.load(last, map_location=device, weights_only=True)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch, best = checkpoint["epoch"], checkpoint["best"]
-        log.info("resumed from %s at epoch %d", last, start_epoch)
-    elif args.resume:
-        log.info("nothing to resume in %s: starting afresh", args.output_dir)
-    trained = (
-        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if world > 1
-        else model
-    )
-    if args.compile:
-        trained = torch.compile(trained)
+    best = {name: -1.0 for name in BEST_CHECKPOINTS}
+    start_epoch = 0
+    if args.resume:
+        resumed = run.resume(model, optimizer, scaler)
+        start_epoch, best = resumed["epoch"], resumed.get("best", best)
+    trained = run.distribute(model, args.compile)
 
     # ============ training loop ============
     summary = {}
-    for epoch in range(start_epoch, args.epochs):
+    compute_loss = bas_step(args.alpha, args.beta)
+    for epoch in run.epochs(start_epoch, args.epochs):
         lr = set_step_lr(optimizer, args.lr, epoch, args.decay_epoch)
-        seed_everything(epoch_seed(args.seed, epoch) + rank)
-        sampler.set_epoch(epoch)
         record = {"epoch": epoch + 1, "lr": lr}
-        record["train"] = train_one_epoch(trained, train_loader, optimizer, scaler, epoch, args, device, main_process)
-        if main_process and epoch == start_epoch:  # made only now: a run that fails earlier leaves nothing
-            claim(args.output_dir, RUN_KIND)
-            history.keep(lambda record: record["epoch"] <= start_epoch)  # a fresh run starts a fresh log
+        record["train"] = run.train_one_epoch(
+            trained, train_loader, optimizer, scaler, compute_loss, epoch, args.epochs, args.amp, args.channels_last
+        )
+        run.claim()  # made only now: a run that fails earlier leaves nothing
 
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            summary = evaluate(model, test_loader, test_samples, args, device, main_process)
+            summary = evaluate(model, test_loader, test_samples, args, device, run.main)
             record["test"] = {k: v for k, v in summary.items() if k != "per_threshold"}
             for name, quantity in BEST_CHECKPOINTS.items():
                 value = sum(summary[key] for key in quantity.split("+"))
                 if value > best[name]:
                     best[name] = value
-                    if main_process:
+                    if run.main:
                         save_atomic(checkpoint_for_release(model, args, epoch + 1, summary), args.output_dir / name)
 
-        if main_process:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}
-            state.update(epoch=epoch + 1, best=best, args=jsonable_args(args))
-            save_atomic(state, last)
-            history.write(record)
-        log.info("%s", epoch_line(record))
+        run.save(model, optimizer, scaler, epoch + 1, record, best=best, args=jsonable_args(args))
+        log.info("%s", wsol_epoch_line(record))
 
-    if main_process:
-        write_summary(args, history.records())
+    if run.main:
+        write_summary(args, run.history.records())
         log.info("%s", best_checkpoint_line(args.output_dir / "best_loc.pth"))
-    finish_distributed()
+    run.close()
     return summary
 
 
@@ -263,13 +213,8 @@ def checkpoint_for_release(model, args, epoch: int, summary: dict) -> dict:
     }
 
 
-def jsonable_args(args: argparse.Namespace) -> dict:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-
-
-def epoch_line(record: dict) -> str:
-    train = record["train"]
-    line = f"epoch {record['epoch']:3d}  lr {record['lr']:.2e}  " + "  ".join(f"{k} {v:.4f}" for k, v in train.items())
+def wsol_epoch_line(record: dict) -> str:
+    line = epoch_line(record)
     if "test" in record:
         test = record["test"]
         top5 = f"  top-5 loc {test['top5_loc']:.2f}" if "top5_loc" in test else ""

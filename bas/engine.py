@@ -1,8 +1,9 @@
 """Training plumbing shared by the WSOL and WSSS scripts.
 
-Optimizer groups and the step schedule of the paper, device and precision choice,
-seeding that makes a resumed run repeat an uninterrupted one, atomic checkpoints, and
-a JSON-lines log.
+Optimizer groups, the step schedule of the WSOL paper and the poly schedule of the WSSS
+code, device and precision choice, seeding that makes a resumed run repeat an
+uninterrupted one, atomic checkpoints, a JSON-lines log, and the process group. The
+training run built from these pieces, the same for every script, is ``bas.training``.
 """
 
 from __future__ import annotations
@@ -12,29 +13,38 @@ import logging
 import os
 import pickle
 import random
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from bas.errors import CheckpointError
+from bas.errors import CheckpointError, UserError
 from bas.outputs import replace_atomic, write_text_atomic
+
+T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------- optimization
-def param_groups(model: nn.Module, lr: float) -> list[dict]:
-    """The original's four groups: backbone weights 1x, backbone biases 2x, ``classifier*``
+# Learning-rate multiplier per (classifier?, weight or bias) part of a model: the WSOL
+# paper's four groups. A part missing from a table is never given to the optimizer.
+Multipliers = dict[tuple[bool, str], float]
+WSOL_MULTIPLIERS: Multipliers = {(False, "weight"): 1, (False, "bias"): 2, (True, "weight"): 10, (True, "bias"): 20}
+
+
+def param_groups(model: nn.Module, lr: float, multipliers: Multipliers = WSOL_MULTIPLIERS) -> list[dict]:
+    """Trainable parameters grouped by ``multipliers``: a parameter whose name holds
+    "classifier" is a classifier part, one whose name ends in "bias" a bias. The default
+    is the original WSOL code's: backbone weights 1x, backbone biases 2x, ``classifier*``
     weights 10x, ``classifier*`` biases 20x the base learning rate."""
-    groups = {(False, "weight"): [], (False, "bias"): [], (True, "weight"): [], (True, "bias"): []}
+    groups: dict[tuple[bool, str], list] = {key: [] for key in multipliers}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        kind = "bias" if name.endswith("bias") else "weight"
-        groups[("classifier" in name, kind)].append(param)
-    multipliers = {(False, "weight"): 1, (False, "bias"): 2, (True, "weight"): 10, (True, "bias"): 20}
+        key = ("classifier" in name, "bias" if name.endswith("bias") else "weight")
+        if param.requires_grad and key in groups:
+            groups[key].append(param)
     return [
         {"params": params, "lr": lr * multipliers[key], "lr_multiplier": multipliers[key]}
         for key, params in groups.items()
@@ -42,9 +52,18 @@ def param_groups(model: nn.Module, lr: float) -> list[dict]:
     ]
 
 
-def sgd(model: nn.Module, lr: float, weight_decay: float = 5e-4, momentum: float = 0.9) -> torch.optim.SGD:
-    """SGD with Nesterov momentum over the four learning-rate groups."""
-    return torch.optim.SGD(param_groups(model, lr), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+def sgd(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 5e-4,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    multipliers: Multipliers = WSOL_MULTIPLIERS,
+) -> torch.optim.SGD:
+    """SGD over the learning-rate groups of ``param_groups`` (by default the WSOL paper's:
+    Nesterov momentum, four groups)."""
+    groups = param_groups(model, lr, multipliers)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
 def set_step_lr(
@@ -54,6 +73,27 @@ def set_step_lr(
     the base group's lr. Computed from the epoch, not accumulated, so that a resumed run
     gets the same rate."""
     lr = base_lr * rate ** (epoch // decay_epoch) if decay_epoch > 0 else base_lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_multiplier"]
+    return lr
+
+
+def poly_max_step(dataset_size: int, batch_size: int, epochs: int, steps_factor: int = 1) -> int:
+    """The length of a poly schedule: ``epochs`` x the steps of an epoch at ``batch_size``,
+    times ``steps_factor``. The original WSSS code computes it from the per-process batch
+    (its global 16 over 4 GPUs) while each step takes the global batch: factor 4, and the
+    schedule spans four times the steps taken."""
+    return dataset_size * steps_factor // batch_size * epochs
+
+
+def set_poly_lr(
+    optimizer: torch.optim.Optimizer, base_lr: float, step: int, max_step: int, power: float = 0.9
+) -> float:
+    """lr x (1 - step / max_step) ** power for step ``step`` (counted from 0 over the whole
+    run); returns the base group's lr. As the original's poly optimizer, the rate stops
+    changing after step max_step - 1. Computed from the step, so a resumed run gets the
+    same rates."""
+    lr = base_lr * (1 - min(step, max_step - 1) / max_step) ** power
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_multiplier"]
     return lr
@@ -94,6 +134,13 @@ def epoch_seed(seed: int, epoch: int) -> int:
     """A seed per epoch: shuffling and augmentation of epoch e do not depend on what ran
     before it, so a run resumed at epoch e repeats the uninterrupted run exactly."""
     return seed * 10_000 + epoch
+
+
+def keyed_generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from ``keys`` alone (e.g. seed, epoch, rank, step): what is
+    drawn from it does not depend on what ran before, so a resumed run draws the same."""
+    high, low = np.random.SeedSequence([int(key) for key in keys]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(high) << 32 | int(low))
 
 
 # ---------------------------------------------------------------------------- data
@@ -271,7 +318,8 @@ def init_distributed(device_name: str | None = None, local_rank: int | None = No
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not torch.distributed.is_initialized():  # a pipeline stage calls it again: join once
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = torch.distributed.get_rank()
     if rank > 0:
         logging.getLogger().setLevel(logging.WARNING)
@@ -291,6 +339,24 @@ def gather_objects(obj: Any) -> list:
     gathered = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, obj)
     return gathered
+
+
+def first_on_rank_zero(work: Callable[[], T]) -> T:
+    """``work()`` on rank 0, then on the other processes, e.g. building a dataset that
+    every process reads: the others find it built. When rank 0 fails with a ``UserError``,
+    every process raises it, so that none waits for the others."""
+    error = None
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        try:
+            result = work()
+        except UserError as caught:
+            error = caught
+    error = gather_objects(error)[0]
+    if error is not None:
+        raise error
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+        result = work()
+    return result
 
 
 def share_buffers(model: nn.Module, source: int = 0) -> None:

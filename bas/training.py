@@ -1,0 +1,254 @@
+"""One training run, as every training script of the project runs it (WSOL/train.py,
+WSSS/train_bas.py): processes, data order, the model's placement, resume, one epoch of
+optimization, and the bookkeeping after each epoch. The scripts keep only what is
+theirs (data, model, loss, schedule, evaluation) and read top to bottom::
+
+    run = TrainingRun(args.output_dir, RUN_KIND, args.batch_size, args.seed, args.device, args.local_rank)
+    loader = run.loader(dataset, args.workers)
+    model = run.place(build_model(...), args.sync_bn, args.channels_last)
+    optimizer, scaler = sgd(model, ...), run.scaler(args.amp)
+    start_epoch = run.resume(model, optimizer, scaler)["epoch"] if args.resume else 0
+    trained = run.distribute(model)
+    for epoch in run.epochs(start_epoch, args.epochs):
+        lr = set_step_lr(optimizer, args.lr, epoch, args.decay_epoch)  # or per step: before_step
+        stats = run.train_one_epoch(trained, loader, optimizer, scaler, compute_loss, epoch, args.epochs)
+        run.save(model, optimizer, scaler, epoch + 1, {"epoch": epoch + 1, "lr": lr, "train": stats})
+    run.close()
+
+A resumed run repeats an uninterrupted one exactly: every epoch reseeds the generators
+from (seed, epoch, rank), and the data order and each image's augmentation depend on
+(seed, epoch, index) only (``ShuffledShards``, ``SeededItems``), so a checkpoint needs no
+generator state: the model, optimizer, scaler and epoch are the whole state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from bas.engine import (
+    Average,
+    JsonLines,
+    SeededItems,
+    ShuffledShards,
+    autocast,
+    epoch_seed,
+    finish_distributed,
+    init_distributed,
+    load_state_dict_checked,
+    loader_options,
+    memory_format,
+    read_checkpoint,
+    save_atomic,
+    seed_everything,
+)
+from bas.errors import ArgumentError, CheckpointError
+from bas.outputs import check_writable, claim
+
+log = logging.getLogger(__name__)
+
+# compute_loss(model, images, labels, step) -> (loss, parts): the forward pass and loss of
+# one batch (run under autocast); ``step`` counts the epoch's batches from 0; the parts
+# (scalar tensors) are averaged over the epoch for the log.
+LossFunction = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+class TrainingRun:
+    """The plumbing of one training run in this process.
+
+    Joins the processes (torchrun, the legacy launcher, or a plain single process; a
+    process that joined already, e.g. in a pipeline, stays joined at ``close``), splits
+    the global ``batch_size`` over them and checks ``output_dir`` before any work.
+    ``output_dir`` receives ``<prefix>last.pth`` (rewritten atomically after every epoch,
+    by rank 0) and ``<prefix>log.jsonl`` (one JSON line per epoch); it is claimed for
+    ``kind`` (``bas.outputs``) only once the first epoch has trained, so a run that fails
+    earlier leaves nothing behind. ``prefix`` lets runs of several nets share a folder.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        kind: str,
+        batch_size: int,
+        seed: int,
+        device: str | torch.device | None = None,
+        local_rank: int | None = None,
+        prefix: str = "",
+        progress: bool = True,
+    ) -> None:
+        self.output_dir, self.kind, self.seed = Path(output_dir), kind, seed
+        check_writable(self.output_dir, kind, "Choose another --output-dir.")
+        self._joined_here = not torch.distributed.is_initialized()
+        self.device, self.rank, self.world = init_distributed(device, local_rank)
+        self.main = self.rank == 0
+        if batch_size % self.world:
+            self.close()
+            raise ArgumentError(f"--batch-size {batch_size} (global) does not split over {self.world} processes")
+        self.batch_size = batch_size // self.world  # per process
+        self.last = self.output_dir / f"{prefix}last.pth"
+        self.history = JsonLines(self.output_dir / f"{prefix}log.jsonl")
+        self.progress = progress and self.main
+        self.start_epoch = 0
+        self.sampler: ShuffledShards | None = None
+        self._claimed = False
+        seed_everything(seed)
+
+    # ------------------------------------------------------------------------ set-up
+    def loader(self, dataset: Dataset, workers: int, drop_last: bool = False) -> DataLoader:
+        """This process's share of ``dataset`` in per-process batches, reshuffled each epoch
+        (``epochs`` sets the epoch). ``dataset[i]`` may draw random augmentations from
+        torch's generator: each sample's draw depends on (seed, epoch, index) only, whatever
+        the number of loader workers. ``drop_last`` drops a last incomplete batch."""
+        self.sampler = ShuffledShards(len(dataset), self.rank, self.world, self.seed)
+        return DataLoader(
+            SeededItems(dataset),
+            batch_size=self.batch_size,
+            sampler=self.sampler,
+            drop_last=drop_last,
+            **loader_options(workers, self.device),
+        )
+
+    def place(self, model: nn.Module, sync_bn: bool = False, channels_last: bool = False) -> nn.Module:
+        """``model`` on this process's device (NHWC when asked); under several processes
+        with ``sync_bn``, its BatchNorm layers normalize with the statistics of the global
+        batch (SyncBatchNorm, same state-dict keys), where torch has it: not on the CPU,
+        whose processes then normalize with their own batches."""
+        model = model.to(self.device, memory_format=memory_format(channels_last))
+        if self.world > 1 and sync_bn and self.device.type == "cpu":
+            log.warning("SyncBatchNorm needs an accelerator: on the CPU each process normalizes its own batch")
+        elif self.world > 1 and sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
+
+    def scaler(self, amp: str | None) -> torch.amp.GradScaler:
+        """Loss scaling for fp16 (bf16 and fp32 need none: the scaler is then a no-op)."""
+        return torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+
+    def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> dict:
+        """Load ``last.pth`` into the model, optimizer and scaler; returns the checkpoint's
+        other entries (``epoch`` and whatever the script saved with it). Without one, the
+        run starts afresh: ``{"epoch": 0}``."""
+        if not self.last.is_file():
+            log.info("nothing to resume in %s: starting afresh", self.output_dir)
+            return {"epoch": 0}
+        checkpoint = read_checkpoint(self.last)
+        missing = [key for key in ("optimizer", "scaler", "epoch") if key not in checkpoint]
+        if missing:
+            raise CheckpointError(f"{self.last}: not a checkpoint to resume from (no {', '.join(missing)})")
+        load_state_dict_checked(model, checkpoint["model"], str(self.last))
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        self.start_epoch = checkpoint["epoch"]
+        log.info("resumed from %s at epoch %d", self.last, self.start_epoch)
+        return {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer", "scaler")}
+
+    def distribute(self, model: nn.Module, compile: bool = False) -> nn.Module:
+        """The module to train: ``model`` under DistributedDataParallel when there are
+        several processes (its parameters and buffers stay ``model``'s), compiled when asked."""
+        if self.world > 1:
+            model = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        return torch.compile(model) if compile else model
+
+    # -------------------------------------------------------------------------- loop
+    def epochs(self, start: int, end: int) -> Iterator[int]:
+        """Epochs ``start`` .. ``end - 1``, each begun by reseeding every generator from
+        (seed, epoch, rank) and setting the loader's epoch."""
+        for epoch in range(start, end):
+            seed_everything(epoch_seed(self.seed, epoch) + self.rank)
+            if self.sampler is not None:
+                self.sampler.set_epoch(epoch)
+            yield epoch
+
+    def train_one_epoch(
+        self,
+        model: nn.Module,
+        loader: DataLoader,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        compute_loss: LossFunction,
+        epoch: int,
+        epochs: int,
+        amp: str | None = None,
+        channels_last: bool = False,
+        before_step: Callable[[int], object] | None = None,
+    ) -> dict[str, float]:
+        """One pass over this process's share of the data; returns the means of the loss
+        parts over it (this process's). ``before_step(step)``, when given, runs before each
+        batch (e.g. a per-step learning-rate schedule); ``step`` counts from 0 in the epoch."""
+        model.train()
+        meters: dict[str, Average] = {}
+        progress = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not self.progress)
+        layout = memory_format(channels_last)
+        for step, (images, labels, _) in enumerate(progress):
+            if before_step is not None:
+                before_step(step)
+            images = images.to(self.device, non_blocking=True, memory_format=layout)
+            labels = labels.to(self.device, non_blocking=True)
+            with autocast(self.device, amp):
+                loss, parts = compute_loss(model, images, labels, step)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            for name, value in parts.items():
+                meters.setdefault(name, Average()).update(value.item(), len(labels))
+        return {name: meter.mean for name, meter in meters.items()}
+
+    def claim(self) -> None:
+        """Rank 0 marks the output folder as this run's, once; called after the first epoch
+        has trained (``save`` calls it too). A fresh run starts a fresh log; a resumed one
+        keeps the lines of the epochs it resumed from."""
+        if self.main and not self._claimed:
+            claim(self.output_dir, self.kind)
+            self.history.keep(lambda record: record["epoch"] <= self.start_epoch)
+            self._claimed = True
+
+    def save(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        epoch: int,
+        record: dict,
+        **extra,
+    ) -> None:
+        """Rank 0 rewrites ``last.pth`` atomically (model, optimizer, scaler, the number of
+        epochs done, and ``extra``) and appends ``record`` to the log."""
+        if not self.main:
+            return
+        self.claim()
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}
+        save_atomic({**state, "epoch": epoch, **extra}, self.last)
+        self.history.write(record)
+
+    def close(self) -> None:
+        """Wait for the other processes, so that what rank 0 wrote last is there for all
+        (a pipeline's next stage reads it), and leave the process group if this run joined it."""
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        if self._joined_here:
+            finish_distributed()
+
+
+def jsonable_args(args: argparse.Namespace) -> dict:
+    """The flags as JSON values (paths as strings), for checkpoints and args.json."""
+    return {k: str(v) if isinstance(v, (Path, torch.device)) else v for k, v in vars(args).items()}
+
+
+def epoch_line(record: dict) -> str:
+    """One log line of an epoch's record: epoch, lr, and the means of the loss parts."""
+    parts = "  ".join(f"{k} {v:.4f}" for k, v in record["train"].items())
+    return f"epoch {record['epoch']:3d}  lr {record['lr']:.2e}  {parts}"
