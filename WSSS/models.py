@@ -14,8 +14,11 @@ and the layers up to layer3), the saturated bas value is 1, and the classificati
 is a multi-label cross-entropy.
 
 IRN's CAM net (Ahn et al., CVPR 2019) is the plain classifier whose maps BAS's seeds are
-fused with: BatchNorm always normalizes with its running statistics, and the stem
-(conv1, bn1) is never trained.
+fused with: on ResNet50, BatchNorm always normalizes with its (ImageNet) running
+statistics, and the stem, layer1 and layer2 never train (IRN freezes conv1 and bn1 and
+detaches layer2's output). The demo's tiny net starts from random weights, so it trains
+every layer and its BatchNorm as usual: with statistics fixed at their initial values it
+does not learn at all.
 """
 
 from __future__ import annotations
@@ -125,25 +128,35 @@ class BASNet(MultiLabelNet):
         return self.classifier_loc(self.head(images))
 
 
+# Head modules of IRN's CAM net that never train, and whether BatchNorm keeps its running
+# statistics, per arch: ResNet50's head is conv1, bn1, relu, maxpool, layer1, layer2, layer3.
+FROZEN_HEAD_MODULES = {"resnet50": 6, "tiny": 0}
+FIXED_BATCHNORM = {"resnet50": True, "tiny": False}
+
+
 class CAMNet(MultiLabelNet):
     """IRN's CAM net: a multi-label classifier whose class activation maps are the seeds.
 
-    BatchNorm layers stay in eval mode whatever ``train()`` is told, so they normalize
-    with their running statistics and never update them (IRN's FixedBatchNorm); their
-    affine parameters train as IRN's do, except the stem's: conv1 and bn1 are frozen.
-    SyncBatchNorm layers made from them are held in eval mode as well.
+    On ResNet50, BatchNorm layers stay in eval mode whatever ``train()`` is told, so they
+    normalize with their running statistics and never update them (IRN's FixedBatchNorm;
+    SyncBatchNorm layers made from them too); the stem, layer1 and layer2 are frozen, as
+    IRN's (conv1 and bn1 frozen, layer2's output detached: nothing below it trains), so
+    their parameters never reach the optimizer or DDP. The affine parameters of layer3's
+    and layer4's BatchNorm train, as IRN's do.
     """
 
     def __init__(self, arch: str, backbone: Backbone, num_classes: int) -> None:
         super().__init__(arch, backbone, num_classes)
-        self.head[:2].requires_grad_(False)  # the stem: conv1, bn1
+        self.head[: FROZEN_HEAD_MODULES[arch]].requires_grad_(False)
+        self.fixed_batchnorm = FIXED_BATCHNORM[arch]
         self.train()
 
     def train(self, mode: bool = True) -> CAMNet:
         super().train(mode)
-        for module in self.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+        if self.fixed_batchnorm:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> GeneratorOutput:

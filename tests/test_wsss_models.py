@@ -226,30 +226,43 @@ def test_multilabel_soft_margin_loss_of_the_cam_net(cam_net):
 
 
 # ---------------------------------------------------------------------- the CAM net's BN
-def test_cam_net_batchnorm_and_stem_stay_frozen_through_a_train_step(cam_net):
-    model = fresh(cam_net)
+def test_resnet_cam_net_freezes_batchnorm_and_layers_below_layer3_as_irn():
+    model = build_model("cam", NUM_CLASSES).train()
     before = copy.deepcopy(model.state_dict())
-    stem = [p for p in model.head[:2].parameters()]
-    assert stem and not any(p.requires_grad for p in stem)
+    frozen_modules = model.head[:6]  # conv1, bn1, relu, maxpool, layer1, layer2
+    assert not any(p.requires_grad for p in frozen_modules.parameters())
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    loss, _ = multilabel_soft_margin_loss(model(torch.randn(4, 3, 32, 32), LABELS), LABELS)
+    loss, _ = multilabel_soft_margin_loss(model(torch.randn(2, 3, 32, 32), LABELS[:2]), LABELS[:2])
     loss.backward()
     optimizer.step()
     after = model.state_dict()
-    stem_keys = {f"head.{key}" for key in model.head[:2].state_dict()}
-    frozen = stem_keys | {name for name in before if "running" in name or "num_batches_tracked" in name}
+    frozen = {f"head.{key}" for key in frozen_modules.state_dict()}
+    frozen |= {name for name in before if "running" in name or "num_batches_tracked" in name}
     assert not [name for name in frozen if not torch.equal(after[name], before[name])]
     assert not torch.equal(after["classifier_cls.weight"], before["classifier_cls.weight"]), "the step must train"
-    assert all(p.grad is None for p in stem)
-    # The other BatchNorm layers keep IRN's trainable affine parameters.
+    # layer3's and layer4's BatchNorm layers keep IRN's trainable affine parameters.
     bn_weights = [
         p for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters() if p.requires_grad
     ]
     assert bn_weights and all(p.grad is not None for p in bn_weights)
+    assert all(
+        name.startswith(("head.layer3.", "tail.", "classifier"))
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    )
 
 
-def test_cam_net_batchnorm_stays_in_eval_mode_also_as_syncbatchnorm(cam_net):
-    model = nn.SyncBatchNorm.convert_sync_batchnorm(fresh(cam_net)).train()
+def test_tiny_cam_net_trains_every_layer_and_its_batchnorm():
+    """From random weights, fixed statistics would leave the demo net unable to learn."""
+    model = build_model("cam", NUM_CLASSES, arch="tiny").train()
+    assert all(p.requires_grad for p in model.parameters())
+    before = copy.deepcopy(model.state_dict())
+    model(torch.randn(4, 3, 32, 32), LABELS)
+    assert not torch.equal(model.state_dict()["head.1.running_mean"], before["head.1.running_mean"])
+
+
+def test_cam_net_batchnorm_stays_in_eval_mode_also_as_syncbatchnorm():
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(build_model("cam", NUM_CLASSES)).train()
     norms = [m for m in model.modules() if isinstance(m, nn.SyncBatchNorm)]
     assert norms and not any(m.training for m in norms)
     assert model.training and model.classifier_cls.training
