@@ -1,9 +1,10 @@
 """The WSSS pipeline, stage by stage, as IRN's run_sample.py: image labels in, pixel seeds
 (and their mIoU) out. Each stage is a module WSSS/steps/<stage>.py with a ``run(args)``,
-reads what the stages before it wrote, and can be run again alone: it skips the images
-whose outputs exist.
+reads what the stages before it wrote, and can be run again alone: it skips the work
+whose outputs exist (trained weights, seed files).
 
-    python run_sample.py --voc12_root VOCdevkit/VOC2012          # the default stages
+    python run_sample.py                                          # the synthetic demo, every stage
+    python run_sample.py --voc12_root VOCdevkit/VOC2012          # the default stages on VOC
     python run_sample.py --stages eval_cam --voc12_root VOCdevkit/VOC2012 --cam_out_dir result/cam \\
         --chainer_eval_set val                                     # score any folder of seeds
     torchrun --nproc_per_node 4 run_sample.py --stages make_cam eval_cam --voc12_root ...
@@ -19,20 +20,39 @@ import importlib
 import logging
 import os
 
-from bas.engine import finish_distributed, init_distributed
+from bas.engine import finish_distributed, first_on_rank_zero, init_distributed
 from bas.errors import ArgumentError, require_positive, require_unit_interval, run_main
 from WSSS.models import ARCHS
+from WSSS.synthetic import ensure_synthetic_voc
+from WSSS.train_bas import SYNTHETIC_ROOT
 
 log = logging.getLogger("run_sample")
 
 # name -> module with run(args), in the order the pipeline runs them. run(args) gets the
 # flags below and args.device, args.rank, args.world (set here once, by init_distributed).
 STAGES = {
+    "train_cam": "WSSS.steps.train_cam",
+    "train_bas": "WSSS.steps.train_bas",
     "make_cam": "WSSS.steps.make_cam",
     "eval_cam": "WSSS.steps.eval_cam",
 }
-# What a run without --stages (and without *_pass switches) does, as the original's defaults.
-DEFAULT_STAGES = ("make_cam", "eval_cam")
+# What a run without --stages (and without *_pass switches) does.
+DEFAULT_STAGES = tuple(STAGES)
+SEED_NETS = ("bas+cam", "bas", "cam")
+
+# Without --voc12_root the pipeline runs on the embedded synthetic set (a VOCdevkit written
+# on first use) with the tiny nets, so that it runs on a laptop CPU; these are its folders.
+SYNTHETIC_DEFAULTS = {
+    "bas_weights_name": "sess_synthetic/bas_tiny.pth",
+    "cam_weights_name": "sess_synthetic/cam_tiny.pth",
+    "cam_out_dir": "result_synthetic/cam",
+}
+# And the original's, on VOC.
+VOC_DEFAULTS = {
+    "bas_weights_name": "sess/epoch_10.pth.tar",
+    "cam_weights_name": "sess/res50_cam.pth",
+    "cam_out_dir": "result/cam",
+}
 
 
 def _bool(value: str) -> bool:
@@ -61,7 +81,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         _add(group, f"{stage}_pass", type=_bool, metavar="BOOL", help=f"run {stage} (true) or not (false)")
 
     group = parser.add_argument_group("environment")
-    _add(group, "voc12_root", help="the VOC2012 folder of a VOCdevkit (JPEGImages, SegmentationClass, ImageSets)")
+    _add(
+        group,
+        "voc12_root",
+        help="the VOC2012 folder of a VOCdevkit (JPEGImages, Annotations, SegmentationClass, ImageSets); "
+        f"default: the embedded synthetic set, written on first use to {SYNTHETIC_ROOT}",
+    )
     _add(group, "num_workers", type=int, default=(os.cpu_count() or 2) // 2, help="data loader processes")
     _add(group, "device", help="default: cuda when present, else cpu (under torchrun: the local rank's GPU)")
     _add(group, "no_progress", action="store_true", help="no progress bars (for logs)")
@@ -80,20 +105,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add(
         group,
         "seed_nets",
-        default="bas+cam",
-        choices=["bas+cam", "bas", "cam"],
-        help="the nets whose maps make the seeds; the original fuses BAS's with IRN's CAM net's",
+        nargs="+",
+        choices=SEED_NETS,
+        help="the nets whose maps make the seeds: bas+cam (the original's: BAS's fused with IRN's CAM net's) "
+        "into --cam_out_dir, bas and cam alone into <cam_out_dir>_bas_only and _cam_only; default bas+cam on VOC, "
+        "all three on the synthetic set",
     )
     _add(group, "arch", choices=list(ARCHS), help="the nets' backbone (default: the checkpoint's, else resnet50)")
-    _add(group, "bas_weights_name", default="sess/epoch_10.pth.tar", help="the BAS net (the original's make_cam path)")
+    _add(
+        group,
+        "bas_weights_name",
+        help=f"the BAS net, trained there by train_bas when absent (default {VOC_DEFAULTS['bas_weights_name']}, "
+        f"the original's; {SYNTHETIC_DEFAULTS['bas_weights_name']} on the synthetic set)",
+    )
     _add(
         group,
         "cam_weights_name",
-        default="sess/res50_cam.pth",
-        help="IRN's CAM net (<name>.pth is taken when <name> is absent: IRN saves there)",
+        help="IRN's CAM net, trained there by train_cam when absent (<name>.pth is taken when <name> is absent: "
+        f"IRN saves there; default {VOC_DEFAULTS['cam_weights_name']}, {SYNTHETIC_DEFAULTS['cam_weights_name']} "
+        "on the synthetic set)",
     )
     _add(group, "cam_scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0], help="multi-scale inference")
-    _add(group, "cam_out_dir", default="result/cam", help="the seeds, one <id>.npy per image")
+    _add(
+        group,
+        "cam_out_dir",
+        help=f"the seeds, one <id>.npy per image (default {VOC_DEFAULTS['cam_out_dir']}; "
+        f"{SYNTHETIC_DEFAULTS['cam_out_dir']} on the synthetic set)",
+    )
     _add(
         group,
         "cam_eval_thres",
@@ -118,11 +156,51 @@ def selected_stages(args: argparse.Namespace) -> list[str]:
 
 def check_args(args: argparse.Namespace) -> None:
     """Flags out of range stop here, before any stage starts."""
-    if args.voc12_root is None:
-        raise ArgumentError("--voc12_root: give the VOC2012 folder of a VOCdevkit")
     require_unit_interval("--cam_eval_thres", args.cam_eval_thres)
     for scale in args.cam_scales:
         require_positive("--cam_scales", scale)
+    if args.cam_eval_out_dir is not None and len(args.seed_nets or ()) > 1:
+        raise ArgumentError("--cam_eval_out_dir names one folder: give one --seed_nets with it")
+
+
+def fill_dataset_defaults(args: argparse.Namespace) -> None:
+    """VOC when --voc12_root is given, else the synthetic set (written now, on first use);
+    the weights, seed folders and seed nets default accordingly."""
+    synthetic = args.voc12_root is None
+    args.dataset = "synthetic" if synthetic else "voc"
+    if synthetic:
+        args.voc12_root = first_on_rank_zero(lambda: ensure_synthetic_voc(SYNTHETIC_ROOT))
+    for name, value in (SYNTHETIC_DEFAULTS if synthetic else VOC_DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.seed_nets = args.seed_nets or (list(SEED_NETS) if synthetic else ["bas+cam"])
+
+
+def seed_folder(args: argparse.Namespace, nets: str) -> str:
+    """Where the seeds of ``nets`` go: --cam_out_dir for the original's bas+cam, a sibling
+    for one net alone."""
+    return args.cam_out_dir if nets == "bas+cam" else f"{args.cam_out_dir}_{nets}_only"
+
+
+def run_stage(stage: str, args: argparse.Namespace) -> dict[str, dict]:
+    """One stage; the seed stages once per --seed_nets entry. Returns eval_cam's reports."""
+    module = importlib.import_module(STAGES[stage])
+    if stage not in ("make_cam", "eval_cam"):
+        module.run(args)
+        return {}
+    reports = {}
+    for nets in args.seed_nets:
+        variant = argparse.Namespace(**{**vars(args), "seed_nets": nets, "cam_out_dir": seed_folder(args, nets)})
+        reports[nets] = module.run(variant)
+    return reports if stage == "eval_cam" else {}
+
+
+def print_summary(reports: dict[str, dict]) -> None:
+    """The seeds' best mIoU per net, side by side."""
+    print(f"\n{'seeds':<10} {'mIoU':>7} {'threshold':>10}")
+    for nets, report in reports.items():
+        miou = "-" if report["best_miou"] is None else f"{report['best_miou']:.2f}"
+        print(f"{nets:<10} {miou:>7} {report['best_threshold']:>10.2f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,9 +210,13 @@ def main(argv: list[str] | None = None) -> None:
     stages = selected_stages(args)
     args.device, args.rank, args.world = init_distributed(args.device, args.local_rank)
     try:
+        fill_dataset_defaults(args)
+        reports = {}
         for stage in stages:
             log.info("stage %s", stage)
-            importlib.import_module(STAGES[stage]).run(args)
+            reports.update(run_stage(stage, args))
+        if args.rank == 0 and len(reports) > 1:
+            print_summary(reports)
     finally:
         finish_distributed()
 

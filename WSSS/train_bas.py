@@ -414,10 +414,14 @@ def run_stage(args: argparse.Namespace, method: str) -> Path:
         if path.is_file():
             log.info("train_%s: %s exists, nothing to train (remove it to train again)", method, path)
             return path
+    dataset = getattr(args, "dataset", None) or "voc"
     argv = ["--method", method, "--output-dir", str(weights.parent), "--weights-name", weights.name, "--resume"]
-    argv += ["--dataset", getattr(args, "dataset", None) or "voc", "--workers", str(args.num_workers)]
+    argv += ["--dataset", dataset, "--workers", str(args.num_workers)]
+    voc12_root = getattr(args, "voc12_root", None)
+    if dataset == "synthetic" and voc12_root is not None:  # the pipeline reads its VOC2012 folder; train_bas wants
+        voc12_root = Path(voc12_root).parent  # the folder the set was written into
     given = {
-        "--voc12-root": getattr(args, "voc12_root", None),
+        "--voc12-root": voc12_root,
         "--coco-root": getattr(args, "coco_root", None),
         "--train-list": getattr(args, "train_list", None),
         "--arch": getattr(args, "arch", None),

@@ -1,0 +1,72 @@
+"""The WSSS part-1 pipeline end to end on a small synthetic VOCdevkit: both nets trained,
+seeds made from BAS, CAM and both, scored; a re-run does nothing; two processes write the
+same seed files as one."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from WSSS import run_sample, train_bas
+from WSSS.synthetic import make_synthetic_voc
+
+WSSS = Path(__file__).resolve().parents[1] / "WSSS"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small synthetic set (read as any VOCdevkit) and one epoch of each tiny net on it."""
+    folder = tmp_path_factory.mktemp("pipeline")
+    voc = make_synthetic_voc(folder / "Synthetic", num_train_aug=24, num_train=12, num_val=8, seed=3) / "VOC2012"
+    weights = {}
+    for method in ("bas", "cam"):
+        argv = ["--method", method, "--dataset", "voc", "--voc12-root", str(voc), "--arch", "tiny", "--epochs", "1"]
+        argv += ["--pretrained", "none", "--crop-size", "64", "--resize-square", "72", "--batch-size", "8"]
+        argv += ["--workers", "0", "--no-progress", "--output-dir", str(folder / "sess")]
+        weights[method] = train_bas.train(train_bas.get_args_parser().parse_args(argv))["weights"]
+    return voc, weights, folder
+
+
+def pipeline_argv(voc, weights, cam_out_dir, *extra):
+    argv = ["--voc12_root", str(voc), "--bas_weights_name", str(weights["bas"])]
+    argv += ["--cam_weights_name", str(weights["cam"]), "--cam_out_dir", str(cam_out_dir), "--num_workers", "0"]
+    return [*argv, "--cam_scales", "1.0", "0.5", "--train_list", "train", "--no_progress", *extra]
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_seeds_of_every_net_are_made_scored_and_not_made_twice(trained, capsys):
+    voc, weights, folder = trained
+    argv = pipeline_argv(voc, weights, folder / "result" / "cam", "--stages", "train_cam", "train_bas")
+    run_sample.main([*argv, "make_cam", "eval_cam", "--seed_nets", "bas", "cam", "bas+cam"])
+    summary = capsys.readouterr().out.split("\nseeds")[-1].splitlines()
+    assert [line.split()[0] for line in summary[1:]] == ["bas", "cam", "bas+cam"]
+    for nets, seeds in (("bas", "cam_bas_only"), ("cam", "cam_cam_only"), ("bas+cam", "cam")):
+        assert len(list((folder / "result" / seeds).glob("*.npy"))) == 12, nets
+        report = json.loads((folder / "result" / f"{seeds}_eval" / "eval_cam_train.json").read_text())
+        assert report["images"] == 12 and 0 <= report["best_miou"] <= 100
+    before = {name: snapshot(folder / name) for name in ("result", "sess")}
+    run_sample.main([*argv, "make_cam", "--seed_nets", "bas", "cam", "bas+cam"])  # everything exists: a no-op
+    assert {name: snapshot(folder / name) for name in ("result", "sess")} == before
+
+
+def test_two_processes_write_the_same_seeds_as_one(trained, tmp_path):
+    """One thread per process in both runs (torchrun's default): a convolution's float
+    rounding depends on the thread count, the seeds must not depend on the sharding."""
+    voc, weights, _ = trained
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for launcher, out in (
+        ([], "one"),
+        (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], "two"),
+    ):
+        command = [sys.executable, *launcher, str(WSSS / "run_sample.py")]
+        command += pipeline_argv(voc, weights, tmp_path / out, "--stages", "make_cam")
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+    one, two = snapshot(tmp_path / "one"), snapshot(tmp_path / "two")
+    assert len(one) == 13 and one == two  # 12 seeds and the folder's marker
