@@ -349,7 +349,7 @@ def test_list_flags_and_stage_selection():
 
     assert stages() == list(run_sample.DEFAULT_STAGES)
     assert stages("--stages", "eval_cam", "make_cam") == ["make_cam", "eval_cam"]  # pipeline order
-    assert stages("--make_cam_pass", "False") == ["eval_cam"]
+    assert stages("--make_cam_pass", "False") == ["train_cam", "train_bas", "eval_cam"]
     assert stages("--stages", "make_cam", "--eval-cam-pass", "true") == ["make_cam", "eval_cam"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--eval_cam_pass", "maybe"])
