@@ -67,7 +67,7 @@ def _at(path: Path, lineno: int, problem: str) -> DatasetError:
     return DatasetError(f"{path}:{lineno}: {problem}")
 
 
-def _read_lines(path: Path, layout: str) -> list[tuple[int, str]]:
+def read_lines(path: Path, layout: str) -> list[tuple[int, str]]:
     """(line number, stripped line) for every non-blank line of a UTF-8 text file."""
     if not path.is_file():
         raise DatasetError(f"{path}: list file missing; expected {layout}")
@@ -85,7 +85,7 @@ def _read_list(path: Path, forms: str | tuple[str, ...], layout: str) -> Rows:
     sep = "," if "," in forms[0] else None
     counts = [len(form.split(sep)) for form in forms]
     count, rows = None, []
-    for lineno, line in _read_lines(path, layout):
+    for lineno, line in read_lines(path, layout):
         fields = line.split(sep)
         if count is None and len(fields) in counts:
             count = len(fields)
@@ -573,7 +573,7 @@ def fgvc_aircraft(root: Path, split: str) -> list[Sample]:
     variants = {name: label for label, name in enumerate(aircraft_class_names(root, required=True))}
     index = data / f"images_variant_{split}.txt"
     listed = {}  # image id -> (line, label)
-    for lineno, line in _read_lines(index, AIRCRAFT_LAYOUT):
+    for lineno, line in read_lines(index, AIRCRAFT_LAYOUT):
         image_id, _, variant = line.partition(" ")
         if variant.strip() not in variants:
             raise _at(index, lineno, f"variant {variant.strip()!r} is not in variants.txt")
@@ -607,7 +607,7 @@ def aircraft_class_names(root: Path, required: bool = False) -> list[str] | None
     if not required and not path.is_file():
         return None
     names = {}
-    for lineno, name in _read_lines(path, AIRCRAFT_LAYOUT):
+    for lineno, name in read_lines(path, AIRCRAFT_LAYOUT):
         if name in names:
             raise _at(path, lineno, f"variant {name!r} again (first on line {names[name]})")
         names[name] = lineno

@@ -51,7 +51,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from bas.errors import DatasetError
-from WSOL.datasets import IMAGENET_MEAN, IMAGENET_STD, load_rgb
+from WSOL.datasets import IMAGENET_MEAN, IMAGENET_STD, load_rgb, read_lines
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -108,16 +108,8 @@ def read_id_list(path: str | Path) -> list[tuple[int, str]]:
     original's ``*_cls.txt`` (``id c1 c2 ...``, labels ignored: ours come from the annotations)
     and DeepLab's ``/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png`` lists work as well."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: list file missing; expected one image id a line")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"{path}: not a UTF-8 text file ({error})") from None
     ids, seen = [], {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, line in read_lines(path, "one image id a line"):
         first = line.split()[0]
         image_id = Path(first).stem if "/" in first or first.lower().endswith(IMAGE_SUFFIXES) else first
         if image_id in seen:
