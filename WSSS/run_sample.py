@@ -188,9 +188,15 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict[str, dict]:
     if stage not in ("make_cam", "eval_cam"):
         module.run(args)
         return {}
+    # The original makes seeds of all of train_aug (its later stages need them); the demo only
+    # of the list eval_cam scores, to keep within minutes on a CPU.
+    seed_list = args.chainer_eval_set if args.dataset == "synthetic" else args.train_list
     reports = {}
     for nets in args.seed_nets:
-        variant = argparse.Namespace(**{**vars(args), "seed_nets": nets, "cam_out_dir": seed_folder(args, nets)})
+        folder = seed_folder(args, nets)
+        variant = argparse.Namespace(
+            **{**vars(args), "seed_nets": nets, "cam_out_dir": folder, "train_list": seed_list}
+        )
         reports[nets] = module.run(variant)
     return reports if stage == "eval_cam" else {}
 
