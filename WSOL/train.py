@@ -5,8 +5,10 @@
 
 Every hyper-parameter defaults to the paper's value for the dataset and arch
 (WSOL/presets.py); any flag overrides it. Each epoch appends one JSON line to
-<output-dir>/log.jsonl and rewrites <output-dir>/last.pth atomically; --resume
-continues from it and gives the same result as an uninterrupted run.
+<output-dir>/log.jsonl, redraws its curves (loss terms, scores, lr) in <output-dir>/log.png
+and rewrites <output-dir>/last.pth atomically; --resume continues from it and gives the
+same result as an uninterrupted run. --tensorboard logs the same numbers to
+<output-dir>/tensorboard/ as well.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from bas.amc import bas_loss
 from bas.engine import gather_objects, save_atomic, set_step_lr, sgd, share_buffers
 from bas.errors import ArgumentError, require_positive, require_unit_interval, run_main
 from bas.outputs import check_writable, write_text_atomic
-from bas.training import TrainingRun, epoch_line, jsonable_args
+from bas.training import TrainingRun, add_tensorboard_flag, epoch_line, jsonable_args
 from WSOL.cli import BEST_CHECKPOINTS, add_speed_arguments, load_samples, resolve_preset, script_parser
 from WSOL.datasets import ImageDataset, test_transform, train_transform
 from WSOL.inference import BoxResults, box_results, evaluation_loader, predict
@@ -59,6 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     group.add_argument("--seed", type=int, default=6, help="6, as the original")
     group.add_argument("--resume", action="store_true", help="continue from <output-dir>/last.pth")
     group.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    add_tensorboard_flag(group)
     group = add_speed_arguments(parser)
     group.add_argument("--compile", action="store_true", help="torch.compile the training forward pass")
     group = parser.add_argument_group("distributed (torchrun --nproc_per_node N train.py ...)")
@@ -117,6 +120,7 @@ def train(args: argparse.Namespace) -> dict:
         args.device,
         args.local_rank,
         progress=not args.no_progress,
+        tensorboard=args.tensorboard,
     )
     device = run.device
     log.info(

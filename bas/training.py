@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from bas.curves import draw_curves, scalars
 from bas.engine import (
     Average,
     JsonLines,
@@ -69,9 +70,12 @@ class TrainingRun:
     process that joined already, e.g. in a pipeline, stays joined at ``close``), splits
     the global ``batch_size`` over them and checks ``output_dir`` before any work.
     ``output_dir`` receives ``<prefix>last.pth`` (rewritten atomically after every epoch,
-    by rank 0) and ``<prefix>log.jsonl`` (one JSON line per epoch); it is claimed for
-    ``kind`` (``bas.outputs``) only once the first epoch has trained, so a run that fails
-    earlier leaves nothing behind. ``prefix`` lets runs of several nets share a folder.
+    by rank 0), ``<prefix>log.jsonl`` (one JSON line per epoch) and ``<prefix>log.png``
+    (its curves, redrawn from it after every epoch: ``bas.curves``); with ``tensorboard``,
+    the same numbers go to ``tensorboard/`` too (``tensorboard/bas`` under the prefix ``bas_``,
+    so that each net is a run of its own there). The folder is claimed for ``kind``
+    (``bas.outputs``) only once the first epoch has trained, so a run that fails earlier
+    leaves nothing behind. ``prefix`` lets runs of several nets share a folder.
     """
 
     def __init__(
@@ -84,9 +88,13 @@ class TrainingRun:
         local_rank: int | None = None,
         prefix: str = "",
         progress: bool = True,
+        tensorboard: bool = False,
     ) -> None:
         self.output_dir, self.kind, self.seed = Path(output_dir), kind, seed
         check_writable(self.output_dir, kind, "Choose another --output-dir.")
+        self._summary_writer = summary_writer_class() if tensorboard else None
+        self._board_dir = self.output_dir / "tensorboard" / prefix.rstrip("_")
+        self._board = None  # opened with the first epoch saved (see save)
         self._joined_here = not torch.distributed.is_initialized()
         self.device, self.rank, self.world = init_distributed(device, local_rank)
         self.main = self.rank == 0
@@ -226,21 +234,53 @@ class TrainingRun:
         **extra,
     ) -> None:
         """Rank 0 rewrites ``last.pth`` atomically (model, optimizer, scaler, the number of
-        epochs done, and ``extra``) and appends ``record`` to the log."""
+        epochs done, and ``extra``), appends ``record`` to the log, redraws the log's curves
+        and, with TensorBoard, logs the record's numbers at step ``epoch``."""
         if not self.main:
             return
         self.claim()
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}
         save_atomic({**state, "epoch": epoch, **extra}, self.last)
         self.history.write(record)
+        draw_curves(self.history.path)
+        if self._summary_writer is not None:
+            if self._board is None:
+                # purge_step: TensorBoard hides what an earlier session logged from this epoch
+                # on, as the log dropped it (a resumed run, or a fresh run in the same folder).
+                self._board = self._summary_writer(self._board_dir, purge_step=epoch)
+            for name, value in scalars(record).items():
+                self._board.add_scalar(name, value, epoch)
+            self._board.flush()
 
     def close(self) -> None:
         """Wait for the other processes, so that what rank 0 wrote last is there for all
         (a pipeline's next stage reads it), and leave the process group if this run joined it."""
+        if self._board is not None:
+            self._board.close()
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
         if self._joined_here:
             finish_distributed()
+
+
+def summary_writer_class() -> type:
+    """TensorBoard's SummaryWriter; without the package (an option, not a requirement) the
+    run stops before any work rather than after its first epoch."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ArgumentError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter
+
+
+def add_tensorboard_flag(group: argparse._ArgumentGroup) -> None:
+    """The training scripts' --tensorboard (TrainingRun's ``tensorboard``)."""
+    group.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log each epoch's numbers to <output-dir>/tensorboard/ (needs: pip install tensorboard); "
+        "the PNG of the curves beside the JSON log is drawn either way",
+    )
 
 
 def jsonable_args(args: argparse.Namespace) -> dict:
