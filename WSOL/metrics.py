@@ -17,6 +17,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 
 from bas.errors import DatasetError
 
@@ -37,8 +39,11 @@ def normalize_minmax(maps: np.ndarray) -> np.ndarray:
 
 def resize_maps(maps: np.ndarray, size: int | tuple[int, int], interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
     """N x h x w -> N x H x W float32 with cv2; ``size`` is square or (width, height)."""
-    dsize = (size, size) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
-    return np.stack([cv2.resize(m.astype(np.float32), dsize, interpolation=interpolation) for m in maps])
+    width, height = (size, size) if isinstance(size, (int, np.integer)) else (int(s) for s in size)
+    resized = np.empty((len(maps), height, width), dtype=np.float32)
+    for m, out in zip(maps, resized):  # each map straight into its row of the output
+        cv2.resize(np.asarray(m, dtype=np.float32), (width, height), dst=out, interpolation=interpolation)
+    return resized
 
 
 def boxes_in_crop(boxes: np.ndarray, image_size: tuple[int, int], resize: int = 256, crop: int = CROP) -> np.ndarray:
@@ -62,12 +67,17 @@ def boxes_resized(boxes: np.ndarray, image_size: tuple[int, int], size: int = CR
 def box_iou(boxes: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
     """IoU with the +1 pixel convention of the original: ... x 4, k x 4 -> ... x k.
     A degenerate union (<= 0) gives 0, as in wsolevaluation."""
-    a, b = np.asarray(boxes, dtype=np.float64)[..., None, :], np.asarray(gt_boxes, dtype=np.float64)
-    width = np.maximum(0, np.minimum(a[..., 2], b[:, 2]) - np.maximum(a[..., 0], b[:, 0]) + 1)
-    height = np.maximum(0, np.minimum(a[..., 3], b[:, 3]) - np.maximum(a[..., 1], b[:, 1]) + 1)
+    return paired_iou(np.asarray(boxes)[..., None, :], np.asarray(gt_boxes))
+
+
+def paired_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``box_iou`` of boxes paired by broadcasting: ... x 4 and ... x 4 -> ..."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    width = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
+    height = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
     inter = width * height
     area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
-    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
     union = area_a + area_b - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
@@ -76,26 +86,97 @@ def box_iou(boxes: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
 def largest_component_box(binary: np.ndarray, inclusive: bool = False) -> np.ndarray:
     """Box of the largest 8-connected component of a H x W bool map.
 
-    Ties go to the component met first in row-major order (Wu's scan labels components
-    in that order, as skimage does). The max is one past the last pixel, as skimage's
+    Ties go to the component met first in row-major order (skimage's labelling numbers
+    components in that order). The max is one past the last pixel, as skimage's
     regionprops gives it, unless ``inclusive``; no foreground gives the whole map.
     """
-    height, width = binary.shape
-    count, _, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
-        binary.astype(np.uint8), 8, cv2.CV_32S, cv2.CCL_WU
-    )
-    if count == 1:
-        return np.array([0, 0, width, height])
-    x, y, w, h, _ = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
-    end = 0 if inclusive else 1
-    return np.array([x, y, x + w - 1 + end, y + h - 1 + end])
+    return largest_component_boxes(np.asarray(binary, dtype=bool)[None], [0], inclusive)[0, 0]  # pixels > 0
 
 
-def largest_component_boxes(maps: np.ndarray, thresholds: Sequence[float], inclusive: bool = False) -> np.ndarray:
-    """N x H x W normalized maps, T thresholds (pixels > t) -> N x T x 4 boxes."""
-    return np.array([[largest_component_box(m > t, inclusive) for t in thresholds] for m in maps]).reshape(
-        len(maps), len(thresholds), 4
-    )
+def largest_component_boxes(
+    maps: np.ndarray, thresholds: Sequence[float], inclusive: bool = False, chunk: int = 16
+) -> np.ndarray:
+    """N x H x W normalized maps, T thresholds (pixels > t) -> N x T x 4 boxes, each that of
+    ``largest_component_box``. Thresholds compare as Python floats, as the original's argparse
+    values did (in the maps' own precision), whatever type they are given in.
+
+    All maps and thresholds in one pass, with no per-image work: each binary map (``chunk``
+    maps at a time, in a buffer that fits the cache) is cut into its runs of foreground
+    pixels along the rows, and the components are the connected sets of runs (8-connected:
+    runs of consecutive rows that overlap or touch at a corner).
+    """
+    maps = np.asarray(maps)
+    count, height, width = maps.shape
+    thresholds = [float(t) for t in thresholds]
+    # Each map in a zero frame, one column either side and a row below, so that runs never
+    # cross rows or maps: a run is then found by its flat positions in the stack of framed
+    # maps, where its first pixel starts and where its row returns to zero.
+    line, plane = width + 2, (height + 1) * (width + 2)
+    framed = np.zeros((min(chunk, count), height + 1, line), dtype=bool)
+    starts, stops = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for i, t in enumerate(thresholds):
+        for first in range(0, count, chunk):
+            part = maps[first : first + chunk]
+            np.greater(part, t, out=framed[: len(part), :height, 1:-1])
+            flat = framed[: len(part)].ravel()
+            flips = np.flatnonzero(flat[1:] != flat[:-1]) + (i * count + first) * plane
+            starts.append(flips[0::2])  # (row, column) of each run's first pixel, as row * line + column
+            stops.append(flips[1::2])  # and its end (one past its last pixel)
+    boxes = _largest_run_component(np.concatenate(starts), np.concatenate(stops), line, height, len(thresholds) * count)
+    boxes[:, 2:] -= int(inclusive)  # else one past the last pixel, as regionprops
+    boxes = np.where(boxes[:, :1] < 0, [0, 0, width, height], boxes)  # no foreground: the whole map
+    return np.ascontiguousarray(boxes.reshape(len(thresholds), count, 4).swapaxes(0, 1))
+
+
+def _largest_run_component(starts: np.ndarray, stops: np.ndarray, line: int, height: int, maps: int) -> np.ndarray:
+    """Runs of foreground pixels, as sorted flat positions of their first pixel and end in a
+    stack of framed maps (``line`` pixels a row, ``height`` + 1 rows a map) -> per map, the
+    box (x0, y0, x1, y1; max exclusive) of its largest 8-connected component, ties to the
+    component met first in row-major order; -1 where a map has none."""
+    boxes = np.full((maps, 4), -1, dtype=np.int64)
+    if len(starts) == 0:
+        return boxes
+    # A run touches the runs of the next row that end at or after its start and begin at or
+    # before its end: one block of the sorted runs, found by two binary searches.
+    below = np.searchsorted(stops, starts + line)
+    above = np.searchsorted(starts, stops + line, side="right")
+    links = np.maximum(above - below, 0)
+    ends = np.cumsum(links)
+    neighbours = np.arange(ends[-1]) + np.repeat(below - ends + links, links)
+    graph = csr_matrix((np.ones(len(neighbours), dtype=np.int8), neighbours, np.r_[0, ends]), (len(starts),) * 2)
+    count, component = connected_components(graph, directed=True, connection="weak")
+    rows = starts // line
+    x0, x1 = starts - rows * line, stops - rows * line
+    area = np.bincount(component, weights=x1 - x0, minlength=count)
+    first = np.full(count, len(starts))  # each component's first run: its first pixel in row-major order
+    np.minimum.at(first, component, np.arange(len(starts)))
+    left, right, last_row = np.full(count, line), np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
+    np.minimum.at(left, component, x0)
+    np.maximum.at(right, component, x1)
+    np.maximum.at(last_row, component, rows)
+    top = rows[first]
+    owner = top // (height + 1)
+    order = np.lexsort((first, -area, owner))  # per map: the largest, then the first met
+    best = order[np.r_[True, owner[order][1:] != owner[order][:-1]]]
+    offset = owner[best] * (height + 1)
+    boxes[owner[best]] = np.stack([left[best], top[best] - offset, right[best], last_row[best] - offset + 1], axis=1)
+    return boxes
+
+
+def best_gt_iou(boxes: np.ndarray, gt_boxes: list[np.ndarray]) -> np.ndarray:
+    """N x T x 4 predicted boxes and each image's GT boxes (k_n x 4) -> N x T, the best IoU
+    over the image's GT boxes (0 for an image without any), all images in one computation."""
+    gt_boxes = [np.asarray(g, dtype=np.float64).reshape(-1, 4) for g in gt_boxes]
+    counts = np.array([len(g) for g in gt_boxes], dtype=np.int64)
+    best = np.zeros(boxes.shape[:2])
+    if counts.sum() == 0:
+        return best
+    gt = np.concatenate(gt_boxes)  # K x 4
+    owner = np.repeat(np.arange(len(gt_boxes)), counts)  # K
+    ious = paired_iou(boxes[owner], gt[:, None, :])  # K x T
+    present = counts > 0
+    best[present] = np.maximum.reduceat(ious, (np.cumsum(counts) - counts)[present], axis=0)
+    return best
 
 
 def original_protocol_ious(
@@ -105,8 +186,7 @@ def original_protocol_ious(
     boxes (N x T) and the predicted boxes (N x T x 4), at each threshold."""
     normalized = resize_maps(normalize_minmax(maps), size)
     boxes = largest_component_boxes(normalized, thresholds, inclusive)
-    best = np.stack([box_iou(b, gt).max(-1) for b, gt in zip(boxes, gt_boxes)])
-    return best, boxes
+    return best_gt_iou(boxes, gt_boxes), boxes
 
 
 def localization_accuracy(

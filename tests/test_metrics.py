@@ -112,6 +112,24 @@ def test_tie_goes_to_the_component_met_first_in_row_major_order():
     assert plain_largest_component_box(binary) == [6, 1, 8, 2]
 
 
+def test_runs_touching_at_a_corner_are_one_component():
+    binary = np.zeros((4, 7), dtype=bool)
+    binary[0, 0:2] = True  # two pixels
+    binary[1, 2] = True  # touches (0, 1) at a corner only: the same component, three pixels
+    binary[3, 4:7] = True  # three pixels too, met later
+    assert metrics.largest_component_box(binary).tolist() == [0, 0, 3, 2]
+    binary[1, 2], binary[1, 3] = False, True  # a column further: no contact, the later run wins
+    assert metrics.largest_component_box(binary).tolist() == [4, 3, 7, 4]
+
+
+def test_best_iou_over_gt_boxes_of_each_image():
+    boxes = np.array([[[0, 0, 9, 9], [0, 0, 4, 9]], [[5, 0, 14, 9], [0, 0, 0, 0]]])  # N=2 x T=2
+    gt = [np.array([[0, 0, 9, 9], [20, 20, 29, 29]]), np.zeros((0, 4)), np.array([[0, 0, 9, 9]])]
+    best = metrics.best_gt_iou(np.concatenate([boxes, boxes[:1]]), gt)
+    assert best[0].tolist() == [1.0, 0.5] and best[2].tolist() == [1.0, 0.5]
+    assert best[1].tolist() == [0.0, 0.0]  # no GT box: never localized
+
+
 def test_boxes_in_crop_hand_made():
     # 512 x 256 image: scale 0.5 x 1 to 256 x 256, shift 16, clip to [0, 223], truncate.
     boxes = metrics.boxes_in_crop(np.array([[10.0, 20.0, 500.0, 250.0]]), (512, 256))
@@ -161,6 +179,23 @@ def test_largest_component_boxes_equal_flood_fill():
     for n, m in enumerate(maps):
         for i, t in enumerate(thresholds):
             assert boxes[n, i].tolist() == plain_largest_component_box(m > t)
+
+
+def test_largest_component_boxes_equal_flood_fill_on_pixel_noise():
+    """Many components, equal sizes, contacts at a corner only, on the borders, a map with no
+    foreground; the maps taken one, four and all at a time."""
+    maps = np.random.default_rng(8).random((11, 9, 13))
+    maps[4] = 0
+    thresholds = [0.3, 0.6, 0.9]
+    for chunk in (1, 4, 16):
+        for inclusive in (False, True):
+            boxes = metrics.largest_component_boxes(maps, thresholds, inclusive, chunk=chunk)
+            for n, m in enumerate(maps):
+                for i, t in enumerate(thresholds):
+                    expected = plain_largest_component_box(m > t)
+                    if inclusive and m.max() > t:
+                        expected = expected[:2] + [expected[2] - 1, expected[3] - 1]
+                    assert boxes[n, i].tolist() == expected, (chunk, n, t)
 
 
 def test_original_protocol_equals_plain_loop():
