@@ -23,6 +23,7 @@ import os
 from bas.engine import finish_distributed, first_on_rank_zero, init_distributed
 from bas.errors import ArgumentError, require_positive, require_unit_interval, run_main
 from WSSS.models import ARCHS
+from WSSS.steps.make_cam import seed_folder
 from WSSS.synthetic import ensure_synthetic_voc
 from WSSS.train_bas import SYNTHETIC_ROOT
 
@@ -30,14 +31,15 @@ log = logging.getLogger("run_sample")
 
 # name -> module with run(args), in the order the pipeline runs them. run(args) gets the
 # flags below and args.device, args.rank, args.world (set here once, by init_distributed).
+# A module may declare flags of its own: add_arguments(parser, add), ``add`` as _add below.
 STAGES = {
     "train_cam": "WSSS.steps.train_cam",
     "train_bas": "WSSS.steps.train_bas",
     "make_cam": "WSSS.steps.make_cam",
     "eval_cam": "WSSS.steps.eval_cam",
 }
-# What a run without --stages (and without *_pass switches) does.
-DEFAULT_STAGES = tuple(STAGES)
+# What a run without --stages or --all (and without *_pass switches) does: the seeds.
+DEFAULT_STAGES = ("train_cam", "train_bas", "make_cam", "eval_cam")
 SEED_NETS = ("bas+cam", "bas", "cam")
 
 # Without --voc12_root the pipeline runs on the embedded synthetic set (a VOCdevkit written
@@ -77,6 +79,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     group = parser.add_argument_group("stages")
     _add(group, "stages", nargs="+", choices=list(STAGES), help=f"run these (in pipeline order: {', '.join(STAGES)})")
+    _add(group, "all", action="store_true", help=f"run every stage (default: {', '.join(DEFAULT_STAGES)})")
     for stage in STAGES:
         _add(group, f"{stage}_pass", type=_bool, metavar="BOOL", help=f"run {stage} (true) or not (false)")
 
@@ -125,6 +128,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         f"IRN saves there; default {VOC_DEFAULTS['cam_weights_name']}, {SYNTHETIC_DEFAULTS['cam_weights_name']} "
         "on the synthetic set)",
     )
+    _add(group, "seed", type=int, help="the seed of the training stages (train_bas.py's --seed; default 0)")
     _add(group, "cam_scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0], help="multi-scale inference")
     _add(
         group,
@@ -140,13 +144,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="background threshold(s) eval_cam scores (default: the original's sweep 0.20, 0.21, ..., 0.44)",
     )
     _add(group, "cam_eval_out_dir", help="where eval_cam writes its JSON report (default: <cam_out_dir>_eval)")
+    for module in STAGES.values():
+        add_arguments = getattr(importlib.import_module(module), "add_arguments", None)
+        if add_arguments is not None:
+            add_arguments(parser, _add)
     return parser
 
 
 def selected_stages(args: argparse.Namespace) -> list[str]:
-    """--stages (else the default stages), with the *_pass switches added or removed, in
-    pipeline order."""
-    chosen = set(args.stages or DEFAULT_STAGES)
+    """--stages (else every stage with --all, else the default stages), with the *_pass
+    switches added or removed, in pipeline order."""
+    chosen = set(STAGES if args.all else args.stages or DEFAULT_STAGES)
     for stage in STAGES:
         switch = getattr(args, f"{stage}_pass")
         if switch is not None:
@@ -176,29 +184,21 @@ def fill_dataset_defaults(args: argparse.Namespace) -> None:
     args.seed_nets = args.seed_nets or (list(SEED_NETS) if synthetic else ["bas+cam"])
 
 
-def seed_folder(args: argparse.Namespace, nets: str) -> str:
-    """Where the seeds of ``nets`` go: --cam_out_dir for the original's bas+cam, a sibling
-    for one net alone."""
-    return args.cam_out_dir if nets == "bas+cam" else f"{args.cam_out_dir}_{nets}_only"
-
-
 def run_stage(stage: str, args: argparse.Namespace) -> dict[str, dict]:
-    """One stage; the seed stages once per --seed_nets entry. Returns eval_cam's reports."""
+    """One stage; eval_cam once per --seed_nets entry. Returns eval_cam's reports."""
     module = importlib.import_module(STAGES[stage])
-    if stage not in ("make_cam", "eval_cam"):
-        module.run(args)
-        return {}
-    # The original makes seeds of all of train_aug (its later stages need them); the demo only
-    # of the list eval_cam scores, to keep within minutes on a CPU.
-    seed_list = args.chainer_eval_set if args.dataset == "synthetic" else args.train_list
-    reports = {}
-    for nets in args.seed_nets:
-        folder = seed_folder(args, nets)
-        variant = argparse.Namespace(
-            **{**vars(args), "seed_nets": nets, "cam_out_dir": folder, "train_list": seed_list}
-        )
-        reports[nets] = module.run(variant)
-    return reports if stage == "eval_cam" else {}
+    if stage == "eval_cam":
+        reports = {}
+        for nets in args.seed_nets:
+            folder = str(seed_folder(args.cam_out_dir, nets))
+            reports[nets] = module.run(argparse.Namespace(**{**vars(args), "cam_out_dir": folder}))
+        return reports
+    if stage == "make_cam" and args.dataset == "synthetic":
+        # The original makes seeds of all of train_aug (its later stages need them); the demo
+        # only of the list eval_cam scores, to keep within minutes on a CPU.
+        args = argparse.Namespace(**{**vars(args), "train_list": args.chainer_eval_set})
+    module.run(args)
+    return {}
 
 
 def print_summary(reports: dict[str, dict]) -> None:

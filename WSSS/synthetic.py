@@ -12,13 +12,16 @@ the original's integer id lists read them.
 Why it looks the way it does: the set must let a CAM under-cover objects and leave room for
 BAS, as on real images where a bird's head names the species and its body does not.
 
-- Every object is a large elliptic body (19-44 px across, median 31: about the receptive
-  field of the small demo net's last layer, ~34 px, or more, so no single location sees a
-  whole object) carrying a stripe texture whose orientation is shared by a pair of classes:
-  the body is evidence, but weak (it cannot tell the two classes of its pair apart).
-- On the body sits one small part, a disc of radius 3 px (about 5 % of the body) whose colour
-  alone names the class. The part is the cheapest evidence, so a classifier's CAM peaks on
-  it and stays weak on most of the body.
+- Every object is a large elliptic body (26-48 px long before any shrinking to fit: about the
+  receptive field of the small demo net's last layer, ~34 px, or more, so no single location
+  sees a whole object) carrying a stripe texture whose orientation is shared by a pair of
+  classes: the body is evidence, but weak (it cannot tell the two classes of its pair apart).
+- On the body, away from its centre (0.3-0.75 of the way to the rim), sits one small part, a
+  disc of radius 3 px (about 5 % of the body) whose colour alone names the class. The part is
+  the cheapest evidence, so a classifier's CAM peaks on it and stays weak on most of the body.
+- An image holds at most one class of each pair, so a body's stripes and the image's labels
+  name the class too; a second object of a class mostly (70 %) shows no part, as a turned-away
+  bird shows no head: only its body says what it is, and a CAM that learned the parts misses it.
 - Background distractors (small discs) come in colours no class uses, and grey clutter lines
   cross the background: nothing but a part carries a class colour, so the part is enough
   (with class-coloured distractors, as in the WSOL demo, CAM must learn the body too and
@@ -45,14 +48,17 @@ from bas.outputs import build_folder, read_marker
 from WSSS.datasets import IGNORE, voc_palette
 
 KIND = "wsss-synthetic"
-GENERATOR_VERSION = 1  # recorded in the marker: a change in the drawing rebuilds the sets written before it
+GENERATOR_VERSION = 2  # recorded in the marker: a change in the drawing rebuilds the sets written before it
 CLASS_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan")  # named by their part's colour
 CLASS_COLOURS = ((230, 40, 40), (40, 200, 60), (50, 90, 250), (245, 205, 30), (200, 60, 220), (40, 210, 220))
 DISTRACTOR_COLOURS = ((250, 250, 250), (20, 20, 20), (140, 80, 30), (255, 150, 190))  # no class uses these
-STRIPE_ANGLES = (0.0, 90.0, 45.0, 135.0)  # degrees, one per pair of classes
+STRIPE_ANGLES = (0.0, 90.0, 45.0)  # degrees, one per pair of classes (0-1, 2-3, 4-5)
 STRIPE_PERIOD = 6.0  # px
 STRIPE_COLOURS = ((225.0, 214.0, 191.0), (70.0, 66.0, 60.0))  # light, dark: the same for every class
+SEMI_AXIS = (13.0, 24.0)  # px, the long semi-axis of a body (26-48 px long), before any shrinking
 PART_RADIUS = 3.0  # px
+PART_REACH = (0.3, 0.75)  # where the part sits: this share of the semi-axes from the body's centre
+HIDE_PART = 0.7  # the chance that a second object of a class shows no part
 MAX_HIDDEN = 0.2  # the share of a body a later object may cover
 
 
@@ -66,18 +72,20 @@ def _place(rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray, bodies: np.
     """A body (ellipse) and its part (disc inside it), placed where it hides at most MAX_HIDDEN of
     the bodies drawn so far and none of their parts; smaller after every 50 failed tries."""
     height, width = xs.shape
-    a = rng.uniform(11, 22)
+    a = rng.uniform(*SEMI_AXIS)
     b = a * rng.uniform(0.55, 0.9)
     theta = rng.uniform(0, np.pi)
     for attempt in range(500):
         shrink = 0.9 ** (attempt // 50)
         sa, sb = max(a * shrink, 7.0), max(b * shrink, 5.0)
         reach = max(sa, sb) + 1
+        if 2 * reach >= min(width, height):
+            continue
         cx, cy = rng.uniform(reach, width - reach), rng.uniform(reach, height - reach)
         body = _ellipse(xs, ys, cx, cy, sa, sb, theta)
         if (body & parts).any() or (body & bodies).sum() > MAX_HIDDEN * body.sum():
             continue
-        r, angle = rng.uniform(0, 0.5), rng.uniform(0, 2 * np.pi)
+        r, angle = rng.uniform(*PART_REACH), rng.uniform(0, 2 * np.pi)
         du, dv = r * sa * np.cos(angle), r * sb * np.sin(angle)
         px, py = cx + du * np.cos(theta) - dv * np.sin(theta), cy + du * np.sin(theta) + dv * np.cos(theta)
         part = ((xs - px) ** 2 + (ys - py) ** 2 <= PART_RADIUS**2) & body
@@ -103,8 +111,10 @@ def draw(rng: np.random.Generator, num_classes: int, width: int, height: int):
     bodies, parts = np.zeros((height, width), bool), np.zeros((height, width), bool)
     owner = np.full((height, width), -1)  # which object each pixel shows
     labels = []
+    class_of_pair = {}  # an image holds at most one class of each pair
     for _ in range(int(rng.integers(2, 4))):
         label = int(rng.integers(num_classes))
+        label = class_of_pair.setdefault(label // 2, label)
         placed = _place(rng, xs, ys, bodies, parts)
         if placed is None:
             break
@@ -113,6 +123,8 @@ def draw(rng: np.random.Generator, num_classes: int, width: int, height: int):
         phase = rng.uniform(0, STRIPE_PERIOD)
         stripes = np.sin(2 * np.pi * (xs * np.cos(phi) + ys * np.sin(phi) + phase) / STRIPE_PERIOD) > 0
         image[body & stripes], image[body & ~stripes] = STRIPE_COLOURS
+        if label in labels and rng.uniform() < HIDE_PART:
+            part = np.zeros_like(part)  # turned away: the class shows its part on its first object
         image[part] = CLASS_COLOURS[label]
         mask[body] = label + 1
         owner[body] = len(labels)
@@ -166,7 +178,7 @@ def _check(num_classes: int, num_train_aug: int, num_train: int, num_val: int, m
 def make_synthetic_voc(
     root: str | Path,
     num_classes: int = 4,
-    num_train_aug: int = 400,
+    num_train_aug: int = 800,
     num_train: int = 100,
     num_val: int = 100,
     min_size: int = 64,

@@ -118,7 +118,7 @@ def make_cam_ms(args: argparse.Namespace) -> float:
     """Milliseconds per 500 x 375 image of BAS+CAM seeds (ResNet50 nets, four scales + flips)."""
     device = torch.device(args.device)
     torch.manual_seed(0)
-    nets = [build_model(method, CLASSES).to(device).eval() for method in ("bas", "cam")]
+    nets = {method: build_model(method, CLASSES).to(device).eval() for method in ("bas", "cam")}
     label = np.zeros(CLASSES, np.float32)
     label[[3, 11]] = 1
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8))
@@ -127,7 +127,7 @@ def make_cam_ms(args: argparse.Namespace) -> float:
         scaled = to_tensor(rescale(image, scale))
         pairs.append(torch.stack([scaled, scaled.flip(-1)]))
     item = MultiScaleItem("2007_000000", (375, 500), label, pairs)
-    return 1000 * timed(lambda: make_cam.image_seed(nets, item, device), args.steps, args.warmup, device)
+    return 1000 * timed(lambda: make_cam.image_seeds(nets, ["bas+cam"], item, device), args.steps, args.warmup, device)
 
 
 def eval_cam_rows(args: argparse.Namespace) -> None:

@@ -430,13 +430,16 @@ def plain_seed(nets, item):
 SIZES = [(37, 50), (64, 48), (21, 30), (50, 33)]
 
 
+NAMES = ("bas", "cam")
+
+
 @pytest.mark.parametrize("count", [1, 2])
 def test_make_cam_fusion_equals_the_original_loop(count):
-    nets = [StubNet(seed) for seed in range(count)]
-    dataset = TinyInferenceSet(SIZES)
-    for item in dataset:
-        ours = make_cam.image_seed(nets, item, torch.device("cpu"))
-        plain = plain_seed(nets, item)
+    nets = {name: StubNet(seed) for seed, name in enumerate(NAMES[:count])}
+    variant = "+".join(nets)
+    for item in TinyInferenceSet(SIZES):
+        ours = make_cam.image_seeds(nets, [variant], item, torch.device("cpu"))[variant]
+        plain = plain_seed(list(nets.values()), item)
         h, w = item.size
         assert ours["cam"].shape == (len(plain["keys"]), (h - 1) // 4 + 1, (w - 1) // 4 + 1)
         assert ours["high_res"].shape == (len(plain["keys"]), h, w)
@@ -445,13 +448,30 @@ def test_make_cam_fusion_equals_the_original_loop(count):
             np.testing.assert_array_equal(ours[key], plain[key])
 
 
+def test_make_cam_makes_every_variant_in_one_pass():
+    """bas, cam and bas+cam from one run of each net per image, each equal to the original
+    loop run for that variant alone."""
+    nets = {name: StubNet(seed) for seed, name in enumerate(NAMES)}
+    dataset = TinyInferenceSet(SIZES)
+    for item in dataset:
+        ours = make_cam.image_seeds(nets, ["bas", "cam", "bas+cam"], item, torch.device("cpu"))
+        for variant, seed in ours.items():
+            plain = plain_seed([nets[name] for name in variant.split("+")], item)
+            for key in ("keys", "cam", "high_res"):
+                np.testing.assert_array_equal(seed[key], plain[key])
+    nets["bas"].seen = nets["cam"].seen = 0
+    make_cam.image_seeds(nets, ["bas", "cam", "bas+cam"], dataset[0], torch.device("cpu"))
+    assert nets["bas"].seen == nets["cam"].seen == 2 * 3  # a pair per scale, once
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_make_cam_on_the_gpu_matches_the_cpu():
-    nets = [StubNet(0), StubNet(1)]
+    nets = {"bas": StubNet(0), "cam": StubNet(1)}
     for item in TinyInferenceSet(SIZES):
-        plain = plain_seed(nets, item)
-        ours = make_cam.image_seed([net.cuda() for net in nets], item, torch.device("cuda"))
-        nets = [net.cpu() for net in nets]
+        plain = plain_seed(list(nets.values()), item)
+        gpu_nets = {name: net.cuda() for name, net in nets.items()}
+        ours = make_cam.image_seeds(gpu_nets, ["bas+cam"], item, torch.device("cuda"))["bas+cam"]
+        nets = {name: net.cpu() for name, net in nets.items()}
         np.testing.assert_array_equal(ours["keys"], plain["keys"])
         for key in ("cam", "high_res"):
             np.testing.assert_allclose(ours[key], plain[key], atol=1e-5)
@@ -463,27 +483,39 @@ def files(folder):
 
 def test_make_cam_skips_existing_and_repeats_byte_for_byte(tmp_path):
     dataset = TinyInferenceSet(SIZES)
-    nets = [StubNet(0), StubNet(1)]
-    assert make_cam.make_seeds(nets, dataset, tmp_path / "a", torch.device("cpu")) == 4
-    first = files(tmp_path / "a")
+    nets = {"bas": StubNet(0), "cam": StubNet(1)}
+    cpu = torch.device("cpu")
+
+    def make(folder, variants=("bas+cam",), **shard):
+        dirs = {variant: tmp_path / f"{folder}_{variant}" for variant in variants}
+        return make_cam.make_seeds(nets, dataset, dirs, cpu, **shard)
+
+    assert make("a") == {"bas+cam": 4}
+    first = files(tmp_path / "a_bas+cam")
     assert sorted(first) == [f"{i}.npy" for i in dataset.ids]  # no temporary file left
-    keys, cams = eval_cam.read_seed(tmp_path / "a" / "img_1.npy")  # eval_cam reads what make_cam writes
+    keys, cams = eval_cam.read_seed(tmp_path / "a_bas+cam" / "img_1.npy")  # eval_cam reads what make_cam writes
     np.testing.assert_array_equal(keys, dataset[1].label.nonzero()[:, 0].numpy())
     assert cams.shape == (len(keys), 64, 48)
 
-    # again, elsewhere, and as two processes' shares: the same bytes
-    make_cam.make_seeds(nets, dataset, tmp_path / "b", torch.device("cpu"))
+    # again, elsewhere, with other variants beside it, and as two processes' shares: the same bytes
+    assert make("b", ("bas", "bas+cam")) == {"bas": 4, "bas+cam": 4}
     for rank in (1, 0):
-        make_cam.make_seeds(nets, dataset, tmp_path / "c", torch.device("cpu"), rank=rank, world=2)
-    assert files(tmp_path / "b") == first and files(tmp_path / "c") == first
+        make("c", rank=rank, world=2)
+    assert files(tmp_path / "b_bas+cam") == first and files(tmp_path / "c_bas+cam") == first
 
     # an existing file is kept and its image not run; the missing one is made again
-    (tmp_path / "a" / "img_2.npy").write_bytes(b"kept")
-    (tmp_path / "a" / "img_3.npy").unlink()
-    nets[0].seen = 0
-    assert make_cam.make_seeds(nets, dataset, tmp_path / "a", torch.device("cpu")) == 1
-    assert nets[0].seen == 2 * 3  # img_3 only: a pair per scale
-    assert files(tmp_path / "a") == {**first, "img_2.npy": b"kept"}
+    (tmp_path / "a_bas+cam" / "img_2.npy").write_bytes(b"kept")
+    (tmp_path / "a_bas+cam" / "img_3.npy").unlink()
+    nets["bas"].seen = 0
+    assert make("a") == {"bas+cam": 1}
+    assert nets["bas"].seen == 2 * 3  # img_3 only: a pair per scale
+    assert files(tmp_path / "a_bas+cam") == {**first, "img_2.npy": b"kept"}
+
+    # a variant missing one image: only that image runs, only that file is written
+    (tmp_path / "b_bas" / "img_0.npy").unlink()
+    nets["bas"].seen = nets["cam"].seen = 0
+    assert make("b", ("bas", "bas+cam")) == {"bas": 1, "bas+cam": 0}
+    assert (nets["bas"].seen, nets["cam"].seen) == (2 * 3, 0)
 
 
 def test_make_cam_then_eval_cam_through_run_sample(tmp_path):

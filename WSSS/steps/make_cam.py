@@ -10,7 +10,10 @@ normalised again. Saved: ``<cam_out_dir>/<id>.npy``, a pickled dict ``{"keys": K
 indices (0-based, int64), "cam": K x h4 x w4, "high_res": K x H x W}`` (float32),
 readable by the original's later stages and by ours.
 
-Ids whose file exists are skipped, and each file is written under a temporary name and
+Several seed variants (``--seed_nets bas+cam bas cam``) are made in one pass: each net runs
+once per image, and every variant's file is composed from its nets' maps.
+
+Ids whose files exist are skipped, and each file is written under a temporary name and
 then renamed, so a crashed run is finished by running it again. Under torchrun every
 process does every world-th id; the files do not depend on the number of processes.
 """
@@ -68,23 +71,44 @@ def net_seed(
     return normalize_max(torch.stack(low_maps).sum(0)), normalize_max(torch.stack(high_maps).sum(0))
 
 
+def fuse(seeds: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed of several nets from each net's (low, high) maps: normalised sums, as the
+    original fuses BAS's with CAM's; one net's maps as they are."""
+    if len(seeds) == 1:
+        return seeds[0]
+    lows, highs = zip(*seeds)
+    return normalize_max(reduce(torch.add, lows)), normalize_max(reduce(torch.add, highs))
+
+
+def seed_folder(cam_out_dir: str | Path, variant: str) -> Path:
+    """Where the seeds of ``variant`` go: --cam_out_dir for the original's bas+cam, a sibling
+    (<cam_out_dir>_bas_only, _cam_only) for one net alone."""
+    return Path(cam_out_dir if variant == "bas+cam" else f"{cam_out_dir}_{variant}_only")
+
+
 @torch.no_grad()
-def image_seed(nets: Sequence[nn.Module], item: MultiScaleItem, device: torch.device) -> dict:
-    """The seed of one image from one net or the fusion of several."""
+def image_seeds(
+    nets: dict[str, nn.Module], variants: Sequence[str], item: MultiScaleItem, device: torch.device
+) -> dict:
+    """The seed of one image for each variant ("bas", "cam", "bas+cam": the nets of ``nets``
+    whose maps it fuses, joined by +); each net runs once, whatever the variants share."""
     size = tuple(int(s) for s in item.size)  # (H, W); a data loader hands it back as a list
     keys = torch.nonzero(torch.as_tensor(item.label))[:, 0]  # K
     if len(keys) == 0:  # no class to map: an empty seed scores as background everywhere
-        return {
+        empty = {
             "keys": keys.numpy(),
             "cam": np.zeros((0, *strided_size(size, 4)), np.float32),
             "high_res": np.zeros((0, *size), np.float32),
         }
+        return dict.fromkeys(variants, empty)
     pairs = [pair.to(device, non_blocking=True) for pair in item.images]
-    lows, highs = zip(*(net_seed(net, pairs, keys.to(device), size) for net in nets))
-    low, high = lows[0], highs[0]
-    if len(nets) > 1:  # each net's maps normalised, summed, normalised again
-        low, high = normalize_max(reduce(torch.add, lows)), normalize_max(reduce(torch.add, highs))
-    return {"keys": keys.numpy(), "cam": low.cpu().numpy(), "high_res": high.cpu().numpy()}
+    needed = {name for variant in variants for name in variant.split("+")}
+    maps = {name: net_seed(nets[name], pairs, keys.to(device), size) for name in sorted(needed)}
+    seeds = {}
+    for variant in variants:
+        low, high = fuse([maps[name] for name in variant.split("+")])
+        seeds[variant] = {"keys": keys.numpy(), "cam": low.cpu().numpy(), "high_res": high.cpu().numpy()}
+    return seeds
 
 
 def save_seed(seed: dict, path: Path) -> None:
@@ -98,31 +122,40 @@ def save_seed(seed: dict, path: Path) -> None:
 
 
 def make_seeds(
-    nets: Sequence[nn.Module],
+    nets: dict[str, nn.Module],
     dataset: torch.utils.data.Dataset,
-    out_dir: Path,
+    out_dirs: dict[str, Path],
     device: torch.device,
     rank: int = 0,
     world: int = 1,
     workers: int = 0,
     progress: bool = False,
-) -> int:
-    """Writes the seeds of this process's share of ``dataset`` (every world-th item) whose
-    file is missing; returns how many all processes wrote. ``dataset[i]`` is a
-    ``MultiScaleItem`` and ``dataset.ids[i]`` its id (known without loading the image)."""
-    out_dir = Path(out_dir)
-    todo = [i for i in range(rank, len(dataset), world) if not (out_dir / f"{dataset.ids[i]}.npy").exists()]
+) -> dict[str, int]:
+    """Writes the seeds of each variant (``out_dirs``: variant -> its folder) for this
+    process's share of ``dataset`` (every world-th item) whose file is missing; returns how
+    many files of each variant all processes wrote. ``dataset[i]`` is a ``MultiScaleItem``
+    and ``dataset.ids[i]`` its id (known without loading the image)."""
+    out_dirs = {variant: Path(folder) for variant, folder in out_dirs.items()}
+
+    def missing(index: int) -> list[str]:
+        return [v for v, folder in out_dirs.items() if not (folder / f"{dataset.ids[index]}.npy").exists()]
+
+    todo = {i: missing(i) for i in range(rank, len(dataset), world)}
+    todo = {i: variants for i, variants in todo.items() if variants}
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, todo),
+        torch.utils.data.Subset(dataset, list(todo)),
         batch_size=None,  # one image at a time: its scales differ in size
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
-    for net in nets:
+    for net in nets.values():
         net.to(device).eval()
-    for item in tqdm(loader, total=len(todo), desc="make_cam", disable=not progress):
-        save_seed(image_seed(nets, item, device), out_dir / f"{item.image_id}.npy")
-    return sum(gather_objects(len(todo)))  # also waits for every process: the next stage reads all seeds
+    for index, item in tqdm(zip(todo, loader), total=len(todo), desc="make_cam", disable=not progress):
+        for variant, seed in image_seeds(nets, todo[index], item, device).items():
+            save_seed(seed, out_dirs[variant] / f"{item.image_id}.npy")
+    written = {variant: sum(variant in variants for variants in todo.values()) for variant in out_dirs}
+    # Summed over the processes; also waits for every process: the next stage reads all seeds.
+    return {variant: sum(counts[variant] for counts in gather_objects(written)) for variant in out_dirs}
 
 
 def load_net(method: str, path: str, num_classes: int, arch: str | None) -> nn.Module:
@@ -139,24 +172,29 @@ def load_net(method: str, path: str, num_classes: int, arch: str | None) -> nn.M
     return net
 
 
-def run(args: argparse.Namespace) -> int:
-    """Seeds of ``args.train_list`` (the original makes them for train_aug) into
-    ``args.cam_out_dir`` from the nets of ``args.seed_nets``; returns how many were written."""
+def run(args: argparse.Namespace) -> dict[str, int]:
+    """Seeds of ``args.train_list`` (the original makes them for train_aug) for each variant
+    of ``args.seed_nets`` (bas+cam into ``args.cam_out_dir``, see ``seed_folder``); returns
+    how many files of each variant were written."""
     samples = datasets.voc_samples(args.voc12_root, args.train_list)
     num_classes = len(datasets.voc_classes(args.voc12_root))
     weights = {"bas": args.bas_weights_name, "cam": args.cam_weights_name}
-    nets = [load_net(method, weights[method], num_classes, args.arch) for method in args.seed_nets.split("+")]
-    out_dir = Path(args.cam_out_dir)
-    claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --cam_out_dir")
+    needed = sorted({name for variant in args.seed_nets for name in variant.split("+")})
+    nets = {name: load_net(name, weights[name], num_classes, args.arch) for name in needed}
+    out_dirs = {variant: seed_folder(args.cam_out_dir, variant) for variant in args.seed_nets}
+    for folder in out_dirs.values():
+        claim_output(folder, OUTPUT_KIND, args.rank, "choose another --cam_out_dir")
     written = make_seeds(
         nets,
         datasets.MultiScaleSet(samples, args.cam_scales),
-        out_dir,
+        out_dirs,
         args.device,
         args.rank,
         args.world,
         args.num_workers,
         progress=args.rank == 0 and not args.no_progress,
     )
-    log.info("make_cam: %d seeds written to %s (%d were there)", written, out_dir, len(samples) - written)
+    for variant, folder in out_dirs.items():
+        count = written[variant]
+        log.info("make_cam: %d seeds written to %s (%d were there)", count, folder, len(samples) - count)
     return written
