@@ -1,5 +1,6 @@
-"""Segmentation metrics: the confusion matrix and mIoU, and the seeds' scores at many
-background thresholds from one reading of each seed.
+"""Segmentation metrics: the confusion matrix and mIoU, the seeds' scores at many
+background thresholds from one reading of each seed, and the scores of labellings that
+leave pixels unsure (IR labels: 255 where neither confident foreground nor background).
 
 The conventions are the original's (IRN's eval_cam with chainercv's confusion): rows are
 the ground truth, columns the prediction, class 0 is the background, pixels labelled
@@ -124,3 +125,42 @@ def threshold_confusions(counts: np.ndarray) -> np.ndarray:
     confusions = np.moveaxis(foreground, -1, 0).copy()  # T x n x n
     confusions[:, :, 0] += background.T
     return confusions
+
+
+# ------------------------------------------------------------- labels with unsure pixels
+UNSURE = ("background", "ignore")
+
+
+def unsure_confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """``confusion_matrix`` of a labelling that may leave pixels unsure (``IGNORE`` in
+    ``pred``, as IR labels do), with one more column that counts them, so that one pass
+    serves both ways of scoring them (``fold_unsure``). gt, pred: H x W -> n x (n + 1) int64."""
+    unsure = pred == IGNORE
+    if np.any(pred[~unsure] >= num_classes):
+        raise ValueError(f"predicted labels at or above {num_classes} (other than {IGNORE})")
+    return confusion_matrix(gt, np.where(unsure, num_classes, pred), num_classes + 1)[:num_classes]
+
+
+def fold_unsure(counts: np.ndarray, unsure: str = "background") -> np.ndarray:
+    """The n x n confusion of ``unsure_confusion`` counts (summed over images): the unsure
+    pixels as background ("background", IRN's eval_sem_seg, which sets 255 to 0 before
+    scoring) or left out ("ignore": the labels' quality where they say something)."""
+    if unsure not in UNSURE:
+        raise ValueError(f"unsure {unsure!r}: expected one of {UNSURE}")
+    confusion = counts[:, :-1].copy()
+    if unsure == "background":
+        confusion[:, 0] += counts[:, -1]
+    return confusion
+
+
+def coverage(counts: np.ndarray) -> np.floating:
+    """The share of the scored pixels (ground truth not ``IGNORE``) that the labels label."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 1 - counts[:, -1].sum() / counts.sum()
+
+
+def precision(counts: np.ndarray) -> np.floating:
+    """The share of the labelled pixels whose label is right (pixel accuracy, unsure left out)."""
+    labelled = counts[:, :-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.trace(labelled) / labelled.sum()

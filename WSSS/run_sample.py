@@ -37,6 +37,8 @@ STAGES = {
     "train_bas": "WSSS.steps.train_bas",
     "make_cam": "WSSS.steps.make_cam",
     "eval_cam": "WSSS.steps.eval_cam",
+    "cam_to_ir_label": "WSSS.steps.cam_to_ir_label",
+    "eval_sem_seg": "WSSS.steps.eval_sem_seg",
 }
 # What a run without --stages or --all (and without *_pass switches) does: the seeds.
 DEFAULT_STAGES = ("train_cam", "train_bas", "make_cam", "eval_cam")
@@ -48,12 +50,16 @@ SYNTHETIC_DEFAULTS = {
     "bas_weights_name": "sess_synthetic/bas_tiny.pth",
     "cam_weights_name": "sess_synthetic/cam_tiny.pth",
     "cam_out_dir": "result_synthetic/cam",
+    "ir_label_out_dir": "result_synthetic/ir_label",
+    "sem_seg_out_dir": "result_synthetic/sem_seg",
 }
 # And the original's, on VOC.
 VOC_DEFAULTS = {
     "bas_weights_name": "sess/epoch_10.pth.tar",
     "cam_weights_name": "sess/res50_cam.pth",
     "cam_out_dir": "result/cam",
+    "ir_label_out_dir": "result/ir_label",
+    "sem_seg_out_dir": "result/sem_seg",
 }
 
 

@@ -18,7 +18,7 @@ import argparse
 import json
 import logging
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,20 +62,42 @@ def score_seeds(
     """``metrics.threshold_counts`` summed over the masks at ``indices`` (default: all),
     each seed and mask read once: n x n x (T + 1) for ascending ``thresholds``, n =
     num_classes + 1 (the background)."""
-    counts = np.zeros((num_classes + 1, num_classes + 1, len(thresholds) + 1), dtype=np.int64)
-    indices = range(len(masks)) if indices is None else indices
-    for index in tqdm(indices, desc="eval_cam", disable=not progress, leave=False):
-        image_id, gt = masks[index]
-        path = Path(cam_out_dir) / f"{image_id}.npy"
+
+    def score(path: Path, gt: np.ndarray) -> np.ndarray:
         keys, cams = read_seed(path)
+        return metrics.threshold_counts(cams, keys, gt, thresholds, num_classes + 1)
+
+    counts = np.zeros((num_classes + 1, num_classes + 1, len(thresholds) + 1), dtype=np.int64)
+    return score_files(Path(cam_out_dir), ".npy", masks, score, counts, indices, "eval_cam", progress)
+
+
+def score_files(
+    folder: Path,
+    suffix: str,
+    masks: datasets.MaskSet,
+    score: Callable[[Path, np.ndarray], np.ndarray],
+    total: np.ndarray,
+    indices: Sequence[int] | None = None,
+    desc: str = "",
+    progress: bool = False,
+) -> np.ndarray:
+    """``total`` plus ``score(<folder>/<id><suffix>, mask)`` for the masks at ``indices``
+    (default: all), each mask read once: the loop of every stage that scores a folder of
+    per-image files. A ValueError of the scoring (a size, a label) names the file and the mask."""
+    indices = range(len(masks)) if indices is None else indices
+    for index in tqdm(indices, desc=desc, disable=not progress, leave=False):
+        image_id, gt = masks[index]
+        path = folder / f"{image_id}{suffix}"
         try:
-            counts += metrics.threshold_counts(cams, keys, gt, thresholds, num_classes + 1)
+            total = total + score(path, gt)
+        except DatasetError:
+            raise
         except ValueError as error:
             raise DatasetError(f"{path} scored against the mask of {image_id}: {error}") from None
-    return counts
+    return total
 
 
-def _number(value: float) -> float | None:
+def report_number(value: float) -> float | None:
     """A report value; nan (a class in neither the masks nor the seeds) as None, JSON's null."""
     return None if np.isnan(value) else float(value)
 
@@ -90,15 +112,15 @@ def summarize(counts: np.ndarray, thresholds: Sequence[float], classes: Sequence
     per_class = 100 * metrics.iou(confusions[best])
     return {
         "thresholds": [float(t) for t in thresholds],
-        "miou": [_number(v) for v in miou],
-        "fg_on_bg": [_number(v) for v in metrics.foreground_on_background(confusions)],
+        "miou": [report_number(v) for v in miou],
+        "fg_on_bg": [report_number(v) for v in metrics.foreground_on_background(confusions)],
         "best_threshold": float(thresholds[best]),
-        "best_miou": _number(miou[best]),
-        "iou_at_best": {name: _number(v) for name, v in zip(("background", *classes), per_class)},
+        "best_miou": report_number(miou[best]),
+        "iou_at_best": {name: report_number(v) for name, v in zip(("background", *classes), per_class)},
     }
 
 
-def _shown(value: float | None, width: int, digits: int) -> str:
+def shown(value: float | None, width: int, digits: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
 
@@ -106,11 +128,11 @@ def print_report(report: dict) -> None:
     print(f"seeds {report['cam_out_dir']} on {report['eval_set']} ({report['images']} images)")
     print(f"{'threshold':>10} {'mIoU':>8} {'fg on bg':>9}")
     for t, miou, fg_on_bg in zip(report["thresholds"], report["miou"], report["fg_on_bg"]):
-        print(f"{t:>10.2f} {_shown(miou, 8, 2)} {_shown(fg_on_bg, 9, 3)}")
-    best = _shown(report["best_miou"], 0, 2)
+        print(f"{t:>10.2f} {shown(miou, 8, 2)} {shown(fg_on_bg, 9, 3)}")
+    best = shown(report["best_miou"], 0, 2)
     print(f"best: threshold {report['best_threshold']:.2f}, mIoU {best}; IoU per class (- : in neither):")
     for name, value in report["iou_at_best"].items():
-        print(f"  {name:<14} {_shown(value, 6, 2)}")
+        print(f"  {name:<14} {shown(value, 6, 2)}")
 
 
 def claim_output(folder: Path, kind: str, rank: int, hint: str = "") -> None:
@@ -127,13 +149,14 @@ def claim_output(folder: Path, kind: str, rank: int, hint: str = "") -> None:
         raise error
 
 
-def output_folder(args: argparse.Namespace) -> Path:
-    """--cam_eval_out_dir, else a sibling of the seed folder (result/cam -> result/cam_eval),
-    so that the seed folder itself, maybe the original's, is only read."""
-    if args.cam_eval_out_dir is not None:
-        return Path(args.cam_eval_out_dir)
-    seeds = Path(args.cam_out_dir).resolve()
-    return seeds.with_name(f"{seeds.name}_eval")
+def output_folder(inputs: str | Path, chosen: str | None) -> Path:
+    """Where a report on the folder ``inputs`` goes: ``chosen`` (a flag's value), else a
+    sibling (result/cam -> result/cam_eval), so that the scored folder, maybe the
+    original's, is only read."""
+    if chosen is not None:
+        return Path(chosen)
+    scored = Path(inputs).resolve()
+    return scored.with_name(f"{scored.name}_eval")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -143,7 +166,7 @@ def run(args: argparse.Namespace) -> dict:
     thresholds = sorted(args.cam_eval_thres or metrics.SWEEP)
     masks = datasets.voc_masks(args.voc12_root, args.chainer_eval_set)
     classes = datasets.voc_classes(args.voc12_root)
-    out_dir = output_folder(args)
+    out_dir = output_folder(args.cam_out_dir, args.cam_eval_out_dir)
     claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --cam_eval_out_dir")
     local = score_seeds(
         args.cam_out_dir,
