@@ -583,3 +583,162 @@ class MultiScaleSet(torch.utils.data.Dataset):
             tensor = to_tensor(rescale(image, scale))  # 3 x h x w
             images.append(torch.stack([tensor, tensor.flip(-1)]))  # 2 x 3 x h x w
         return MultiScaleItem(sample.image_id, (image.height, image.width), torch.tensor(sample.label), images)
+
+
+# ---------------------------------------------------------------------- IRN training
+def ir_label_paths(samples: Sequence[Sample], label_dir: str | Path) -> list[Path]:
+    """``<label_dir>/<id>.png`` of each sample, each checked to exist (IR labels: index PNGs,
+    0 background, c + 1 class c, 255 unsure, at the image's size)."""
+    paths = [Path(label_dir) / f"{sample.image_id}.png" for sample in samples]
+    for path in paths:
+        if not path.is_file():
+            raise DatasetError(
+                f"{path}: no IR label for this id; make them first (stage cam_to_ir_label) or point "
+                "--ir_label_out_dir at them"
+            )
+    return paths
+
+
+class AffinityTransform:
+    """(PIL image, H x W uint8 label) -> (3 x crop x crop image, crop/4 x crop/4 uint8 label),
+    IRN's steps in its order: both rescaled by a factor drawn uniformly in ``scale_range``
+    (the image bicubic, the label nearest, to round(side x factor)), the image normalized, both
+    flipped or not, both cropped at one random place (the image padded with 0, the label with
+    255: unsure), then the label reduced to stride 4 (nearest, round(crop / 4) a side). Random
+    draws come from torch's generator (``bas.engine.SeededItems``)."""
+
+    def __init__(self, crop: int, scale_range: tuple[float, float] = (0.5, 1.5), flip: bool = True):
+        self.crop, self.scale_range, self.flip = crop, scale_range, flip
+
+    def __call__(self, image: Image.Image, label: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        low, high = self.scale_range
+        scale = low + float(torch.rand(())) * (high - low)
+        image = rescale(image, scale)
+        label = label.resize(image.size, Image.NEAREST)  # the image's size: round(side x scale)
+        tensor, mask = to_tensor(image), torch.from_numpy(np.array(label))  # 3 x H x W, H x W
+        if self.flip and bool(torch.randint(2, ())):
+            tensor, mask = tensor.flip(-1), mask.flip(-1)
+        (top, into_top), (left, into_left) = (TrainTransform._offsets(size, self.crop) for size in mask.shape)
+        height, width = min(self.crop, mask.shape[0]), min(self.crop, mask.shape[1])
+        image_crop = tensor.new_zeros(3, self.crop, self.crop)
+        label_crop = torch.full((self.crop, self.crop), IGNORE, dtype=torch.uint8)
+        inside = (slice(into_top, into_top + height), slice(into_left, into_left + width))
+        image_crop[(slice(None), *inside)] = tensor[:, top : top + height, left : left + width]
+        label_crop[inside] = mask[top : top + height, left : left + width]
+        reduced = round(self.crop / 4)
+        label_crop = Image.fromarray(label_crop.numpy()).resize((reduced, reduced), Image.NEAREST)
+        return image_crop, torch.from_numpy(np.array(label_crop))
+
+
+class AffinitySet(torch.utils.data.Dataset):
+    """Samples and their IR labels -> (3 x crop x crop image, crop/4 x crop/4 uint8 IR label at
+    stride 4, index), for training IRN; ``label_dir`` holds ``<id>.png`` of every sample."""
+
+    def __init__(self, samples: list[Sample], label_dir: str | Path, num_classes: int, transform: AffinityTransform):
+        self.samples, self.num_classes, self.transform = samples, num_classes, transform
+        self.labels = ir_label_paths(samples, label_dir)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        image, path = load_rgb(self.samples[index].path), self.labels[index]
+        label = read_mask(path, self.num_classes)
+        if label.shape != (image.height, image.width):
+            raise DatasetError(
+                f"{path}: a {label.shape[1]} x {label.shape[0]} label for the {image.width} x {image.height} "
+                f"image {self.samples[index].path}"
+            )
+        return (*self.transform(image, Image.fromarray(label)), index)
+
+
+class TopLeftSet(torch.utils.data.Dataset):
+    """Samples -> (3 x crop x crop image at the top left of a zero canvas, cut where larger,
+    C multi-hot label, index): IRN's input for measuring the displacement's mean."""
+
+    def __init__(self, samples: list[Sample], crop: int):
+        self.samples, self.crop = samples, crop
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        sample = self.samples[index]
+        tensor = to_tensor(load_rgb(sample.path))[:, : self.crop, : self.crop]  # 3 x h x w
+        canvas = tensor.new_zeros(3, self.crop, self.crop)
+        canvas[:, : tensor.shape[1], : tensor.shape[2]] = tensor
+        return canvas, torch.tensor(sample.label), index
+
+
+# ------------------------------------------------------------- segmentation net training
+def voc_images(root: str | Path, split: str | Path, classes: Sequence[str] | None = None) -> list[Sample]:
+    """The images of ``split`` in list order, without labels (all zero): for prediction,
+    where VOC's test set has no annotation to read."""
+    root = voc_root(root)
+    images, index = _folder(root, "JPEGImages"), voc_list(root, split)
+    unlabelled = _read_only(np.zeros(len(voc_classes(root) if classes is None else classes), np.float32))
+    samples = []
+    for lineno, image_id in read_id_list(index):
+        if not (images / f"{image_id}.jpg").is_file():
+            raise _at(index, lineno, f"image {images / f'{image_id}.jpg'} missing")
+        samples.append(Sample(image_id, images / f"{image_id}.jpg", unlabelled))
+    return samples
+
+
+class SegmentationTransform:
+    """(PIL image, H x W uint8 mask) -> (3 x crop x crop image, crop x crop int64 mask), the
+    DeepLab training input: both rescaled by a factor drawn uniformly in ``scale_range``
+    (the image bicubic, the mask nearest), the image normalized, both flipped or not, both
+    cropped at one random place (where smaller, padded: the image with 0, the mean colour,
+    the mask with 255, ignored by the loss). Random draws come from torch's generator
+    (``bas.engine.SeededItems``)."""
+
+    def __init__(self, crop: int, scale_range: tuple[float, float] = (0.5, 2.0), flip: bool = True):
+        self.crop, self.scale_range, self.flip = crop, scale_range, flip
+
+    def __call__(self, image: Image.Image, mask: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        low, high = self.scale_range
+        image = rescale(image, low + float(torch.rand(())) * (high - low))
+        mask = mask.resize(image.size, Image.NEAREST)
+        tensor, labels = to_tensor(image), torch.from_numpy(np.array(mask)).long()  # 3 x H x W, H x W
+        if self.flip and bool(torch.randint(2, ())):
+            tensor, labels = tensor.flip(-1), labels.flip(-1)
+        (top, into_top), (left, into_left) = (TrainTransform._offsets(size, self.crop) for size in labels.shape)
+        height, width = min(self.crop, labels.shape[0]), min(self.crop, labels.shape[1])
+        image_crop = tensor.new_zeros(3, self.crop, self.crop)
+        label_crop = torch.full((self.crop, self.crop), IGNORE, dtype=torch.long)
+        inside = (slice(into_top, into_top + height), slice(into_left, into_left + width))
+        image_crop[(slice(None), *inside)] = tensor[:, top : top + height, left : left + width]
+        label_crop[inside] = labels[top : top + height, left : left + width]
+        return image_crop, label_crop
+
+
+class SegmentationSet(torch.utils.data.Dataset):
+    """Samples and their pseudo masks -> (3 x crop x crop image, crop x crop int64 mask,
+    index) for training a segmentation net; ``mask_dir`` holds ``<id>.png`` of every sample
+    (index PNGs at the image's size: 0 background, c + 1 class c, 255 ignored), checked here,
+    so that a missing one stops before any training."""
+
+    def __init__(self, samples: list[Sample], mask_dir: str | Path, num_classes: int, transform: SegmentationTransform):
+        self.samples, self.num_classes, self.transform = samples, num_classes, transform
+        self.masks = [Path(mask_dir) / f"{sample.image_id}.png" for sample in samples]
+        missing = [path for path in self.masks if not path.is_file()]
+        if missing:
+            others = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DatasetError(
+                f"{missing[0]}: no pseudo mask for this id{others}; make them first (stage make_sem_seg_labels, "
+                "--infer_list the training list) or point --sem_seg_out_dir at a folder of label PNGs"
+            )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        image, path = load_rgb(self.samples[index].path), self.masks[index]
+        mask = read_mask(path, self.num_classes)
+        if mask.shape != (image.height, image.width):
+            raise DatasetError(
+                f"{path}: a {mask.shape[1]} x {mask.shape[0]} mask for the {image.width} x {image.height} "
+                f"image {self.samples[index].path}"
+            )
+        return (*self.transform(image, Image.fromarray(mask)), index)

@@ -1,16 +1,21 @@
-"""The WSSS pipeline, stage by stage, as IRN's run_sample.py: image labels in, pixel seeds
-(and their mIoU) out. Each stage is a module WSSS/steps/<stage>.py with a ``run(args)``,
-reads what the stages before it wrote, and can be run again alone: it skips the work
-whose outputs exist (trained weights, seed files).
+"""The WSSS pipeline, stage by stage, as IRN's run_sample.py: image labels in; pixel seeds,
+pseudo masks and a segmentation net (and their mIoU) out. Each stage is a module
+WSSS/steps/<stage>.py with a ``run(args)``, reads what the stages before it wrote, and can
+be run again alone: it skips the work whose outputs exist (trained weights, seed files,
+label PNGs).
 
-    python run_sample.py                                          # the synthetic demo, every stage
+    python run_sample.py                                          # the synthetic demo: the seeds
+    python run_sample.py --all                                    # ... and every stage after them
     python run_sample.py --voc12_root VOCdevkit/VOC2012          # the default stages on VOC
     python run_sample.py --stages eval_cam --voc12_root VOCdevkit/VOC2012 --cam_out_dir result/cam \\
         --chainer_eval_set val                                     # score any folder of seeds
     torchrun --nproc_per_node 4 run_sample.py --stages make_cam eval_cam --voc12_root ...
 
-The original's flag names work with underscores and with dashes (--voc12_root,
---voc12-root), and so do its per-stage switches (--eval_cam_pass false).
+Part 1 makes and scores the seeds (train_cam, train_bas, make_cam, eval_cam); part 2
+refines them as IRN (cam_to_ir_label, train_irn, make_sem_seg_labels, eval_sem_seg) and
+trains a segmentation net on the pseudo masks (train_seg, eval_seg), once per seed variant
+of --refine_nets. The original's flag names work with underscores and with dashes
+(--voc12_root, --voc12-root), and so do its per-stage switches (--eval_cam_pass false).
 """
 
 from __future__ import annotations
@@ -19,10 +24,15 @@ import argparse
 import importlib
 import logging
 import os
+from pathlib import Path
 
 from bas.engine import finish_distributed, first_on_rank_zero, init_distributed
 from bas.errors import ArgumentError, require_positive, require_unit_interval, run_main
+from WSSS import datasets
 from WSSS.models import ARCHS
+from WSSS.pictures import save_strips
+from WSSS.steps.eval_cam import shown
+from WSSS.steps.eval_sem_seg import score_label_folder
 from WSSS.steps.make_cam import seed_folder
 from WSSS.synthetic import ensure_synthetic_voc
 from WSSS.train_bas import SYNTHETIC_ROOT
@@ -38,28 +48,60 @@ STAGES = {
     "make_cam": "WSSS.steps.make_cam",
     "eval_cam": "WSSS.steps.eval_cam",
     "cam_to_ir_label": "WSSS.steps.cam_to_ir_label",
+    "train_irn": "WSSS.steps.train_irn",
+    "make_sem_seg_labels": "WSSS.steps.make_sem_seg_labels",
     "eval_sem_seg": "WSSS.steps.eval_sem_seg",
+    "train_seg": "WSSS.steps.train_seg",
+    "eval_seg": "WSSS.steps.eval_seg",
 }
 # What a run without --stages or --all (and without *_pass switches) does: the seeds.
 DEFAULT_STAGES = ("train_cam", "train_bas", "make_cam", "eval_cam")
 SEED_NETS = ("bas+cam", "bas", "cam")
+# The stages that read one seed variant's seeds (eval_cam and the refinement after it) run
+# once per variant, each variant with its own outputs: the names given for the original's
+# bas+cam, and these flags' values with _<variant>_only added for bas or cam alone.
+PER_VARIANT = (
+    "eval_cam",
+    "cam_to_ir_label",
+    "train_irn",
+    "make_sem_seg_labels",
+    "eval_sem_seg",
+    "train_seg",
+    "eval_seg",
+)
+VARIANT_FOLDERS = ("ir_label_out_dir", "sem_seg_out_dir", "seg_out_dir")  # their reports' folders follow them
+VARIANT_FILES = ("irn_weights_name", "seg_weights_name")
 
 # Without --voc12_root the pipeline runs on the embedded synthetic set (a VOCdevkit written
-# on first use) with the tiny nets, so that it runs on a laptop CPU; these are its folders.
+# on first use) with the tiny nets, so that it runs on a laptop CPU; these are its folders
+# and settings.
 SYNTHETIC_DEFAULTS = {
     "bas_weights_name": "sess_synthetic/bas_tiny.pth",
     "cam_weights_name": "sess_synthetic/cam_tiny.pth",
     "cam_out_dir": "result_synthetic/cam",
+    "images_out_dir": "result_synthetic/images",
     "ir_label_out_dir": "result_synthetic/ir_label",
+    "irn_weights_name": "sess_synthetic/irn_tiny.pth",
     "sem_seg_out_dir": "result_synthetic/sem_seg",
+    "seg_weights_name": "sess_synthetic/seg_tiny.pth",
+    "seg_out_dir": "result_synthetic/seg",
+    # The walk's reach scaled to the demo's maps (16-24 cells a side at stride 4, VOC's ~94 x 128):
+    # 8 steps; the 256 of VOC flood these maps (pseudo masks of BAS's seeds: 70.4 mIoU at 8 steps,
+    # 52.2 at 256; the seeds 54.9).
+    "exp_times": 3,
 }
 # And the original's, on VOC.
 VOC_DEFAULTS = {
     "bas_weights_name": "sess/epoch_10.pth.tar",
     "cam_weights_name": "sess/res50_cam.pth",
     "cam_out_dir": "result/cam",
+    "images_out_dir": "result/images",
     "ir_label_out_dir": "result/ir_label",
+    "irn_weights_name": "sess/res50_irn.pth",
     "sem_seg_out_dir": "result/sem_seg",
+    "seg_weights_name": "sess/deeplabv3_resnet50.pth",
+    "seg_out_dir": "result/seg",
+    "exp_times": 8,
 }
 
 
@@ -120,6 +162,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         "into --cam_out_dir, bas and cam alone into <cam_out_dir>_bas_only and _cam_only; default bas+cam on VOC, "
         "all three on the synthetic set",
     )
+    _add(
+        group,
+        "refine_nets",
+        nargs="+",
+        choices=SEED_NETS,
+        help="the seed variants the stages after eval_cam refine (IR labels, IRN, pseudo masks, segmentation net), "
+        "each into its own folders (see --seed_nets); default bas+cam on VOC, bas and cam on the synthetic set",
+    )
     _add(group, "arch", choices=list(ARCHS), help="the nets' backbone (default: the checkpoint's, else resnet50)")
     _add(
         group,
@@ -150,6 +200,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="background threshold(s) eval_cam scores (default: the original's sweep 0.20, 0.21, ..., 0.44)",
     )
     _add(group, "cam_eval_out_dir", help="where eval_cam writes its JSON report (default: <cam_out_dir>_eval)")
+    group = parser.add_argument_group("pictures")
+    _add(
+        group,
+        "save_images",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the stages, a strip per image for the first N images of --chainer_eval_set and each variant: "
+        "the image, its seeds, IR labels, pseudo mask, segmentation and ground truth (what exists of them)",
+    )
+    _add(group, "images_out_dir", help="where the strips go (default result/images; result_synthetic/images)")
     for module in STAGES.values():
         add_arguments = getattr(importlib.import_module(module), "add_arguments", None)
         if add_arguments is not None:
@@ -175,6 +236,9 @@ def check_args(args: argparse.Namespace) -> None:
         require_positive("--cam_scales", scale)
     if args.cam_eval_out_dir is not None and len(args.seed_nets or ()) > 1:
         raise ArgumentError("--cam_eval_out_dir names one folder: give one --seed_nets with it")
+    for name in ("sem_seg_eval_out_dir", "seg_eval_out_dir"):
+        if getattr(args, name) is not None and len(args.refine_nets or ()) > 1:
+            raise ArgumentError(f"--{name} names one folder: give one --refine_nets with it")
 
 
 def fill_dataset_defaults(args: argparse.Namespace) -> None:
@@ -188,31 +252,71 @@ def fill_dataset_defaults(args: argparse.Namespace) -> None:
         if getattr(args, name) is None:
             setattr(args, name, value)
     args.seed_nets = args.seed_nets or (list(SEED_NETS) if synthetic else ["bas+cam"])
+    args.refine_nets = args.refine_nets or (["bas", "cam"] if synthetic else ["bas+cam"])
+
+
+def variant_args(args: argparse.Namespace, nets: str) -> argparse.Namespace:
+    """The flags of a PER_VARIANT stage for the seeds of ``nets``."""
+    changes = {"cam_out_dir": str(seed_folder(args.cam_out_dir, nets))}
+    if nets != "bas+cam":
+        for name in VARIANT_FOLDERS:
+            changes[name] = f"{getattr(args, name)}_{nets}_only"
+        for name in VARIANT_FILES:
+            path = Path(getattr(args, name))
+            changes[name] = str(path.with_name(f"{path.stem}_{nets}_only{path.suffix}"))
+    return argparse.Namespace(**{**vars(args), **changes})
 
 
 def run_stage(stage: str, args: argparse.Namespace) -> dict[str, dict]:
-    """One stage; eval_cam once per --seed_nets entry. Returns eval_cam's reports."""
+    """One stage, once per seed variant where it reads one (eval_cam for every --seed_nets
+    entry, the refinement for every --refine_nets entry). Returns the reports of the
+    scoring stages by variant."""
     module = importlib.import_module(STAGES[stage])
-    if stage == "eval_cam":
-        reports = {}
-        for nets in args.seed_nets:
-            folder = str(seed_folder(args.cam_out_dir, nets))
-            reports[nets] = module.run(argparse.Namespace(**{**vars(args), "cam_out_dir": folder}))
-        return reports
-    if stage == "make_cam" and args.dataset == "synthetic":
-        # The original makes seeds of all of train_aug (its later stages need them); the demo
-        # only of the list eval_cam scores, to keep within minutes on a CPU.
+    if args.dataset == "synthetic" and stage not in ("train_cam", "train_bas"):
+        # The original makes seeds of all of train_aug and refines them all; the demo works on
+        # the list eval_cam scores, to keep within minutes on a CPU.
         args = argparse.Namespace(**{**vars(args), "train_list": args.chainer_eval_set})
-    module.run(args)
-    return {}
+    if stage == "make_cam":  # every variant a later stage reads, from one pass of the nets
+        args = argparse.Namespace(**{**vars(args), "seed_nets": list(dict.fromkeys(args.seed_nets + args.refine_nets))})
+    if stage not in PER_VARIANT:
+        module.run(args)
+        return {}
+    variants = args.seed_nets if stage == "eval_cam" else args.refine_nets
+    return {nets: module.run(variant_args(args, nets)) for nets in variants}
 
 
-def print_summary(reports: dict[str, dict]) -> None:
-    """The seeds' best mIoU per net, side by side."""
-    print(f"\n{'seeds':<10} {'mIoU':>7} {'threshold':>10}")
-    for nets, report in reports.items():
-        miou = "-" if report["best_miou"] is None else f"{report['best_miou']:.2f}"
-        print(f"{nets:<10} {miou:>7} {report['best_threshold']:>10.2f}")
+def print_summary(reports: dict[str, dict[str, dict]], ir_labels: dict[str, dict]) -> None:
+    """The mIoU of every variant's seeds, IR labels (on their labelled pixels, with the share
+    labelled), pseudo masks and segmentation net, as far as the stages ran, side by side."""
+    columns = [("eval_cam", "seeds"), ("ir_labels", "IR labels"), ("eval_sem_seg", "masks"), ("eval_seg", "seg val")]
+    found = {**reports, "ir_labels": ir_labels}
+    columns = [(stage, title) for stage, title in columns if found.get(stage)]
+    variants = list(dict.fromkeys(nets for stage, _ in columns for nets in found[stage]))
+    print("\n" + f"{'variant':<10}" + "".join(f" {title:>16}" for _, title in columns))
+    for nets in variants:
+        cells = []
+        for stage, _ in columns:
+            report = found[stage].get(nets)
+            if report is None:
+                cells.append("")
+            elif stage == "eval_cam":
+                cells.append(f"{shown(report['best_miou'], 0, 2)} (thr {report['best_threshold']:.2f})")
+            elif stage == "ir_labels":
+                cells.append(f"{shown(report['miou'], 0, 2)} ({shown(report['coverage'], 0, 0)} %)")
+            else:
+                cells.append(shown(report["miou"], 0, 2))
+        print(f"{nets:<10}" + "".join(f" {cell:>16}" for cell in cells))
+
+
+def score_ir_labels(args: argparse.Namespace) -> dict[str, dict]:
+    """The IR labels of every --refine_nets variant on the list eval_cam scores, their unsure
+    pixels left out (IR labels are meant to be sure where they say something)."""
+    masks = datasets.voc_masks(args.voc12_root, args.chainer_eval_set)
+    classes = datasets.voc_classes(args.voc12_root)
+    return {
+        nets: score_label_folder(variant_args(args, nets).ir_label_out_dir, masks, classes, unsure="ignore")
+        for nets in args.refine_nets
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -226,9 +330,16 @@ def main(argv: list[str] | None = None) -> None:
         reports = {}
         for stage in stages:
             log.info("stage %s", stage)
-            reports.update(run_stage(stage, args))
-        if args.rank == 0 and len(reports) > 1:
-            print_summary(reports)
+            reports[stage] = run_stage(stage, args)
+        ir_labels = score_ir_labels(args) if "cam_to_ir_label" in stages and args.rank == 0 else {}
+        cells = sum(len(reports.get(stage, {})) for stage in ("eval_cam", "eval_sem_seg", "eval_seg")) + len(ir_labels)
+        if args.rank == 0 and cells > 1:
+            print_summary(reports, ir_labels)
+        if args.rank == 0 and args.save_images > 0:
+            refined = any(stage in PER_VARIANT[1:] for stage in stages)  # a stage after eval_cam
+            variants = {nets: variant_args(args, nets) for nets in (args.refine_nets if refined else args.seed_nets)}
+            thresholds = {nets: report["best_threshold"] for nets, report in reports.get("eval_cam", {}).items()}
+            save_strips(args, variants, thresholds, args.save_images)
     finally:
         finish_distributed()
 

@@ -1,4 +1,5 @@
-"""Heat-map overlays with boxes, for looking at what a generator localizes."""
+"""Pictures for looking at what a net does: heat-map overlays with boxes (WSOL), strips of
+label maps side by side (WSSS)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,21 @@ def _legend(width: int, caption: str, with_ground_truth: bool) -> np.ndarray:
         offset = 8 + cv2.getTextSize("predicted", font, scale, 1)[0][0]
         cv2.putText(band, "ground truth", (offset, 2 * line), font, scale, RED, 1, cv2.LINE_AA)
     return band
+
+
+def strip(panels: list[tuple[str, np.ndarray]], gap: int = 4) -> np.ndarray:
+    """Pictures of one image side by side, each captioned below: (caption, H x W x 3 uint8
+    RGB) pairs of one size -> one H' x W' x 3 uint8 RGB picture, enlarged as ``overlay``."""
+    height, width = panels[0][1].shape[:2]
+    factor = max(1, -(-DISPLAY_SIZE // min(height, width)))  # ceil
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.45
+    columns = []
+    for caption, picture in panels:
+        enlarged = cv2.resize(picture, (width * factor, height * factor), interpolation=cv2.INTER_NEAREST)
+        band = np.zeros((24, width * factor, 3), np.uint8)
+        cv2.putText(band, caption, (4, 16), font, scale, WHITE, 1, cv2.LINE_AA)
+        columns += [np.concatenate([enlarged, band]), np.zeros((height * factor + 24, gap, 3), np.uint8)]
+    return np.concatenate(columns[:-1], axis=1)
 
 
 def save_rgb(path: str | Path, image: np.ndarray) -> None:

@@ -44,7 +44,7 @@ def test_seeds_of_every_net_are_made_scored_and_not_made_twice(trained, capsys):
     voc, weights, folder = trained
     argv = pipeline_argv(voc, weights, folder / "result" / "cam", "--stages", "train_cam", "train_bas")
     run_sample.main([*argv, "make_cam", "eval_cam", "--seed_nets", "bas", "cam", "bas+cam"])
-    summary = capsys.readouterr().out.split("\nseeds")[-1].splitlines()
+    summary = capsys.readouterr().out.split("\nvariant")[-1].splitlines()
     assert [line.split()[0] for line in summary[1:]] == ["bas", "cam", "bas+cam"]
     for nets, seeds in (("bas", "cam_bas_only"), ("cam", "cam_cam_only"), ("bas+cam", "cam")):
         assert len(list((folder / "result" / seeds).glob("*.npy"))) == 12, nets
@@ -70,3 +70,46 @@ def test_two_processes_write_the_same_seeds_as_one(trained, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
     one, two = snapshot(tmp_path / "one"), snapshot(tmp_path / "two")
     assert len(one) == 13 and one == two  # 12 seeds and the folder's marker
+
+
+# Part 2 at the smallest sizes: the tiny IRN on 32 px crops, a small segmentation net.
+REFINE = ["--irn_crop_size", "32", "--irn_batch_size", "4", "--irn_radius", "3", "--irn_num_epoches", "1"]
+REFINE += ["--seg_arch", "lraspp_mobilenet_v3_large", "--seg_pretrained", "none", "--seg_crop_size", "32"]
+REFINE += ["--seg_batch_size", "4", "--seg_num_epoches", "1", "--seg_scales", "1", "--exp_times", "3"]
+
+
+def test_every_stage_for_two_seed_variants_then_nothing_twice(trained, tmp_path, capsys):
+    """--all: seeds -> IR labels -> IRN -> pseudo masks -> segmentation net -> val mIoU, for
+    the seeds of BAS and of CAM, each in its own folders, summed up in one table; the strips;
+    a second run changes nothing."""
+    voc, weights, _ = trained
+    out = tmp_path / "result"
+    argv = pipeline_argv(voc, weights, out / "cam", "--all", "--arch", "tiny", *REFINE)
+    argv += ["--seed_nets", "bas", "cam", "--refine_nets", "bas", "cam", "--ir_label_out_dir", str(out / "ir")]
+    argv += ["--irn_weights_name", str(tmp_path / "sess" / "irn.pth"), "--sem_seg_out_dir", str(out / "masks")]
+    argv += ["--seg_weights_name", str(tmp_path / "sess" / "seg.pth"), "--seg_out_dir", str(out / "seg")]
+    argv += ["--save_images", "2", "--images_out_dir", str(out / "images")]
+    run_sample.main(argv)
+    summary = capsys.readouterr().out.split("\nvariant")[-1].splitlines()
+    assert summary[0].split() == ["seeds", "IR", "labels", "masks", "seg", "val"]
+    assert [line.split()[0] for line in summary[1:]] == ["bas", "cam"]
+    for line in summary[
+        1:
+    ]:  # seeds (thr x), IR labels (x %), masks, seg: e.g. "bas 15.55 (thr 0.20) 20.82 (100 %) ..."
+        assert len(line.split()) == 9 and line.split()[2] == "(thr" and line.split()[6] == "%)"
+    train = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    val = (voc / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    for nets in ("bas", "cam"):
+        for folder, ids in ((f"ir_{nets}_only", train), (f"masks_{nets}_only", train), (f"seg_{nets}_only", val)):
+            assert sorted(p.stem for p in (out / folder).glob("*.png")) == sorted(ids), folder
+        for net in ("irn", "seg"):  # each variant's own training run, not a resumed copy of the other's
+            assert (tmp_path / "sess" / f"{net}_{nets}_only.pth").is_file()
+            assert len((tmp_path / "sess" / f"{net}_{nets}_only_log.jsonl").read_text().splitlines()) == 1
+        report = json.loads((out / f"seg_{nets}_only_eval" / "eval_sem_seg_val.json").read_text())
+        assert report["images"] == len(val) and 0 <= report["miou"] <= 100
+    assert sorted(p.name for p in (out / "images").glob("*.png")) == sorted(
+        f"{image_id}_{nets}.png" for image_id in train[:2] for nets in ("bas", "cam")
+    )
+    before = snapshot(tmp_path)
+    run_sample.main([arg for arg in argv if arg not in ("--save_images", "2")])
+    assert snapshot(tmp_path) == before

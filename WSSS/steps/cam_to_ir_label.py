@@ -100,17 +100,24 @@ def add_arguments(parser: argparse.ArgumentParser, add) -> None:
 
 
 # ------------------------------------------------------------------------------- labels
+def dense_crf(image: np.ndarray, unary: np.ndarray, smooth: dict, appearance: dict, iterations: int) -> np.ndarray:
+    """Mean-field marginals of a dense CRF on an image (pydensecrf): H x W x 3 uint8 (RGB),
+    L x (H * W) float32 unary energies, the two kernels' parameters -> L x H x W float32.
+    Shared by IRN's CRF of hard labels here and DeepLab's of probabilities (WSSS.segmentation)."""
+    height, width = image.shape[:2]
+    crf = dcrf.DenseCRF2D(width, height, len(unary))
+    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    crf.addPairwiseGaussian(**smooth)
+    rgb = np.array(image, dtype=np.uint8, order="C")  # a writable copy: pydensecrf takes no read-only buffer
+    crf.addPairwiseBilateral(rgbim=rgb, **appearance)
+    return np.asarray(crf.inference(iterations)).reshape(len(unary), height, width)
+
+
 def crf_labels(image: np.ndarray, labels: np.ndarray, num_labels: int) -> np.ndarray:
     """IRN's CRF of hard labels on an image: H x W x 3 uint8 (RGB), H x W labels in
     [0, num_labels) -> H x W int64 refined labels (the first of equal marginals)."""
-    height, width = labels.shape
-    crf = dcrf.DenseCRF2D(width, height, num_labels)
-    crf.setUnaryEnergy(unary_from_labels(labels, num_labels, gt_prob=CRF_GT_PROB, zero_unsure=False))
-    crf.addPairwiseGaussian(**CRF_SMOOTH)
-    rgb = np.array(image, dtype=np.uint8, order="C")  # a writable copy: pydensecrf takes no read-only buffer
-    crf.addPairwiseBilateral(rgbim=rgb, **CRF_APPEARANCE)
-    marginals = np.asarray(crf.inference(CRF_ITERATIONS)).reshape(num_labels, height, width)
-    return marginals.argmax(axis=0)
+    unary = unary_from_labels(labels, num_labels, gt_prob=CRF_GT_PROB, zero_unsure=False)
+    return dense_crf(image, unary, CRF_SMOOTH, CRF_APPEARANCE, CRF_ITERATIONS).argmax(axis=0)
 
 
 def confident_labels(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, threshold: float) -> np.ndarray:

@@ -34,9 +34,9 @@ log = logging.getLogger(__name__)
 OUTPUT_KIND = "wsss-eval"
 
 
-def read_seed(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The class keys (K, 0-based) and the full-size maps (K x H x W) of a seed file
-    written by the original or by us."""
+def read_seed(path: Path, maps: str = "high_res") -> tuple[np.ndarray, np.ndarray]:
+    """The class keys (K, 0-based) and the ``maps`` of a seed file written by the original
+    or by us: "high_res" (K x H x W, the full-size maps) or "cam" (K x h x w, stride 4)."""
     try:
         seed = np.load(path, allow_pickle=True).item()
     except FileNotFoundError:
@@ -45,10 +45,10 @@ def read_seed(path: Path) -> tuple[np.ndarray, np.ndarray]:
         ) from None
     except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
         raise DatasetError(f"{path}: not a seed file ({error})") from None
-    if not isinstance(seed, dict) or not {"keys", "high_res"} <= seed.keys():
+    if not isinstance(seed, dict) or not {"keys", maps} <= seed.keys():
         found = sorted(seed) if isinstance(seed, dict) else type(seed).__name__
-        raise DatasetError(f"{path}: a seed is a dict with 'keys' and 'high_res'; found {found}")
-    return np.asarray(seed["keys"]).reshape(-1).astype(np.int64), np.asarray(seed["high_res"])
+        raise DatasetError(f"{path}: a seed is a dict with 'keys' and {maps!r}; found {found}")
+    return np.asarray(seed["keys"]).reshape(-1).astype(np.int64), np.asarray(seed[maps])
 
 
 def score_seeds(

@@ -40,13 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser, add) -> None:
     group = parser.add_argument_group("semantic segmentation labels (eval_sem_seg)")
     add(
         group,
-        "sem_seg_out_dir",
-        help="the labels eval_sem_seg scores, one <id>.png per image (default result/sem_seg, where "
-        "make_sem_seg_labels writes; result_synthetic/sem_seg on the synthetic set); any folder of label "
-        "PNGs can be scored, e.g. --sem_seg_out_dir result/ir_label",
-    )
-    add(
-        group,
         "sem_seg_eval_out_dir",
         help="where eval_sem_seg writes its JSON report (default: <sem_seg_out_dir>_eval)",
     )

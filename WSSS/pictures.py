@@ -1,0 +1,86 @@
+"""Strips that show where each stage of the pipeline helps: per image, the image, its seeds,
+IR labels, pseudo mask, the segmentation net's prediction and the ground truth, side by side
+in VOC's colours (run_sample.py --save_images N).
+
+A strip shows what the stages of this run (or earlier ones) left on disk: a panel whose
+file is missing is left out. The seeds are shown as eval_cam scores them, the background
+plane at the variant's best threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bas.outputs import claim
+from bas.viz import save_rgb, strip
+from WSSS import datasets
+from WSSS.steps.eval_cam import read_seed
+
+log = logging.getLogger(__name__)
+
+OUTPUT_KIND = "wsss-pictures"
+DEFAULT_THRESHOLD = 0.25  # the seeds' background threshold when eval_cam has not scored them
+
+
+def colour(labels: np.ndarray) -> np.ndarray:
+    """H x W class indices (255 unsure) -> H x W x 3 uint8 RGB in VOC's palette."""
+    palette = np.array(datasets.voc_palette(), np.uint8).reshape(256, 3)
+    return palette[labels]
+
+
+def seed_labels(path: Path, threshold: float) -> np.ndarray:
+    """The labels of a seed file as eval_cam scores it: background where no map beats
+    ``threshold``, else the class of the highest map (0 background, key + 1)."""
+    keys, cams = read_seed(path)  # K, K x H x W
+    with_background = np.concatenate([np.full((1, *cams.shape[1:]), threshold, cams.dtype), cams])
+    return np.concatenate([[0], keys + 1]).astype(np.uint8)[with_background.argmax(0)]
+
+
+def read_png(path: Path) -> np.ndarray | None:
+    """H x W class indices of a label PNG (grayscale or palette), None when absent."""
+    return np.asarray(Image.open(path)) if path.is_file() else None
+
+
+def save_strips(args: argparse.Namespace, variants: dict[str, argparse.Namespace], thresholds: dict, count: int) -> int:
+    """Strips of the first ``count`` ids of ``args.chainer_eval_set`` for each variant (its
+    flags, as run_sample.variant_args gives them) into ``args.images_out_dir``, named
+    <id>_<variant>.png; ``thresholds``: each variant's best seed threshold. Returns how
+    many were written."""
+    # Imported here: the segmentation stage's module loads torchvision's segmentation models.
+    from WSSS.segmentation import predict
+    from WSSS.steps.train_seg import load_segmentation_model
+
+    out_dir = Path(args.images_out_dir)
+    claim(out_dir, OUTPUT_KIND, "choose another --images_out_dir")
+    samples = datasets.voc_samples(args.voc12_root, args.chainer_eval_set)[:count]
+    masks = datasets.voc_masks(args.voc12_root, args.chainer_eval_set)
+    written = 0
+    for nets, flags in variants.items():
+        weights = Path(flags.seg_weights_name)
+        model = load_segmentation_model(weights, torch.device("cpu"))[0] if weights.is_file() else None
+        scaled = datasets.MultiScaleSet(samples, [1.0])
+        for index, sample in enumerate(samples):
+            image = np.asarray(datasets.load_rgb(sample.path))
+            panels = [("image", image)]
+            seed = Path(flags.cam_out_dir) / f"{sample.image_id}.npy"
+            if seed.is_file():
+                threshold = thresholds.get(nets, DEFAULT_THRESHOLD)
+                panels.append((f"seeds {nets} ({threshold:.2f})", colour(seed_labels(seed, threshold))))
+            for caption, folder in (("IR labels", flags.ir_label_out_dir), ("pseudo mask", flags.sem_seg_out_dir)):
+                labels = read_png(Path(folder) / f"{sample.image_id}.png")
+                if labels is not None:
+                    panels.append((caption, colour(labels)))
+            if model is not None:
+                item = scaled[index]
+                panels.append(("segmentation", colour(predict(model, item.images, item.size).argmax(0).numpy())))
+            panels.append(("ground truth", colour(masks.mask(sample.image_id))))
+            save_rgb(out_dir / f"{sample.image_id}_{nets.replace('+', '_')}.png", strip(panels))
+            written += 1
+    log.info("%d strips written to %s", written, out_dir)
+    return written

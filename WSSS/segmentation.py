@@ -1,0 +1,124 @@
+"""The segmentation net that the pseudo masks train (stage train_seg), and its inference
+(stage eval_seg): beyond the original BAS code, which stops at the masks, so that image
+labels in gives a segmentation model out, as the paper's DeepLab step.
+
+The nets are torchvision's segmentation models, unchanged, so that their state dicts are
+torchvision's and their code is read where it is documented:
+
+- ``deeplabv3_resnet50`` (the default on VOC) and ``deeplabv3_resnet101``: DeepLabV3, ASPP
+  on a dilated ResNet (features at stride 8), from ImageNet backbone weights;
+- ``lraspp_mobilenet_v3_large`` (the CPU demo's) and ``deeplabv3_mobilenet_v3_large``.
+
+Only the backbone starts from ImageNet weights (torchvision's weight enums, downloaded into
+torch's hub cache on first use, or a torchvision-format classifier state dict by path):
+torchvision's whole-model weights were trained on COCO with VOC's masks, which would leak
+full supervision into a weakly supervised result. The auxiliary classifier is off: it helps
+deep backbones only a little (torchvision trains with it at weight 0.5) and the WSSS
+literature's DeepLab step does without it.
+
+Inference (``predict``) is the usual DeepLab evaluation: at each scale the image and its
+mirror image go through the net as one batch of two, the logits are resized to the image's
+size (bilinear), turned into probabilities (softmax) and averaged over scales and mirrors;
+``crf_refine`` optionally sharpens them with DeepLab's dense CRF.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydensecrf.utils import unary_from_softmax
+from torch import nn
+from torchvision import models as tvm
+from torchvision.models import segmentation as tvs
+
+from bas.engine import read_checkpoint
+from bas.errors import CheckpointError
+from WSSS.steps.cam_to_ir_label import dense_crf
+
+# arch -> (torchvision builder, the ImageNet weights of its backbone)
+ARCHS = {
+    "deeplabv3_resnet50": (tvs.deeplabv3_resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1),
+    "deeplabv3_resnet101": (tvs.deeplabv3_resnet101, tvm.ResNet101_Weights.IMAGENET1K_V1),
+    "deeplabv3_mobilenet_v3_large": (tvs.deeplabv3_mobilenet_v3_large, tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1),
+    "lraspp_mobilenet_v3_large": (tvs.lraspp_mobilenet_v3_large, tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1),
+}
+# DeepLab's dense CRF on VOC (DeepLab v2's cross-validated values, as kazuto1011/deeplab-pytorch
+# ships them): a smoothness kernel (1 px, weight 3), an appearance kernel (67 px, colour 3,
+# weight 4), 10 mean-field iterations, on the net's probabilities.
+CRF_SMOOTH = {"sxy": 1, "compat": 3}
+CRF_APPEARANCE = {"sxy": 67, "srgb": 3, "compat": 4}
+CRF_ITERATIONS = 10
+
+
+def build_segmentation_model(arch: str, num_classes: int, pretrained: str | None = None) -> nn.Module:
+    """torchvision's ``arch`` with ``num_classes`` outputs (the background included) and no
+    auxiliary classifier; ``model(x)["out"]`` is N x num_classes x H x W logits for an
+    N x 3 x H x W input. ``pretrained``: None (random initialization), "imagenet" (the
+    backbone's torchvision weights) or the path of a torchvision-format classifier state
+    dict of the backbone (for machines without a network)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown segmentation arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    builder, imagenet = ARCHS[arch]
+    backbone_weights = imagenet if pretrained == "imagenet" else None
+    kwargs = {} if arch.startswith("lraspp") else {"aux_loss": False}
+    model = builder(weights=None, weights_backbone=backbone_weights, num_classes=num_classes, **kwargs)
+    if pretrained not in (None, "imagenet"):
+        load_backbone_file(model, Path(pretrained))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            # torchvision's MobileNetV3 keeps 1 % of each batch's statistics (made for 600
+            # ImageNet epochs): after a run of a few hundred or thousand steps the running
+            # statistics would still be mostly their initial values, and eval mode would
+            # normalize with them. 10 %, PyTorch's default and the ResNets', tracks the batches.
+            module.momentum = 0.1
+    return model
+
+
+def load_backbone_file(model: nn.Module, path: Path) -> None:
+    """A torchvision classifier's state dict (``resnet50()``, ``mobilenet_v3_large()``)
+    into the segmentation model's backbone: the classifier's own head is left out, and
+    MobileNet's ``features.`` prefix dropped (the segmentation backbone holds the feature
+    blocks themselves). Every backbone tensor must be in the file."""
+    state = read_checkpoint(path)["model"]
+    state = {key.removeprefix("features."): value for key, value in state.items()}
+    own = model.backbone.state_dict()
+    missing = [key for key in own if key not in state or state[key].shape != own[key].shape]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not the ImageNet weights of this backbone ({len(missing)} of its {len(own)} tensors missing "
+            f"or of another shape, e.g. {missing[0]}); expected a torchvision classifier's state dict"
+        )
+    model.backbone.load_state_dict({key: state[key] for key in own})
+
+
+def logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """N x 3 x H x W -> N x C x H x W: the ``out`` of a torchvision segmentation model."""
+    return model(images)["out"]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+    """Class probabilities of one image from its scaled copies, each with its mirror image
+    (``WSSS.datasets.MultiScaleSet``: per scale 2 x 3 x h x w): the softmax of the logits
+    resized to ``size`` (H, W), the mirror's flipped back, averaged over the 2 x S of them.
+    Returns C x H x W on the model's device; the model is put in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    total = None
+    for pair in images:
+        scores = logits(model, pair.to(device))  # 2 x C x h x w
+        probs = F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False).softmax(1)
+        summed = probs[0] + probs[1].flip(-1)  # C x H x W
+        total = summed if total is None else total + summed
+    return total / (2 * len(images))
+
+
+def crf_refine(image: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """DeepLab's dense CRF of class probabilities on the image: H x W x 3 uint8 (RGB),
+    C x H x W -> C x H x W float32 marginals."""
+    unary = unary_from_softmax(probs.astype(np.float32))  # C x (H * W) energies
+    return dense_crf(image, unary, CRF_SMOOTH, CRF_APPEARANCE, CRF_ITERATIONS)

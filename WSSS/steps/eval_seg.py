@@ -1,0 +1,174 @@
+"""Stage eval_seg: the segmentation net of train_seg on ``--val_list``, its predictions as
+label PNGs, scored as eval_sem_seg scores any folder of labels.
+
+Each image of the list is predicted at ``--seg_scales`` with its mirror image (softmax
+averaged: ``WSSS.segmentation.predict``), refined by DeepLab's dense CRF with ``--seg_crf``,
+and its argmax written to ``<seg_out_dir>/<id>.png``: index PNGs (0 background, c + 1 class
+c), grayscale by default (IRN-style readers, imageio, read only those as indices) or with
+VOC's colours (``--seg_palette voc``). Then eval_sem_seg scores the folder against the masks
+and writes its JSON report to ``--seg_eval_out_dir`` (default ``<seg_out_dir>_eval``).
+
+VOC's test set has no masks: with ``--seg_test``, or a list named ``test``, the predictions
+go where the VOC evaluation server wants them, ``<seg_out_dir>/results/VOC2012/Segmentation/
+comp6_test_cls/<id>.png`` (palette PNGs; comp6: trained with data beyond VOC's, here the
+ImageNet backbone and SBD's images), and nothing is scored: archive ``results/`` and upload.
+
+Ids whose PNG exists are skipped and each PNG is written under a temporary name then renamed,
+so a crashed run is finished by running it again. The folder's marker records the weights
+(path and time written), scales and CRF the PNGs came from: other settings stop with a
+message, never a mix of predictions. Under torchrun every process predicts every world-th image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bas.engine import first_on_rank_zero, gather_objects
+from bas.errors import CheckpointError, OutputError, require_positive
+from bas.outputs import claim, read_marker
+from WSSS import datasets
+from WSSS.segmentation import crf_refine, predict
+from WSSS.steps import eval_sem_seg
+from WSSS.steps.cam_to_ir_label import PALETTES, save_label_png
+from WSSS.steps.train_seg import load_segmentation_model
+
+log = logging.getLogger(__name__)
+
+OUTPUT_KIND = "wsss-seg-predictions"
+SERVER_FOLDER = Path("results/VOC2012/Segmentation/comp6_test_cls")  # the VOC server's layout
+SCALES = {"voc": (0.5, 0.75, 1.0, 1.25, 1.5), "synthetic": (0.75, 1.0, 1.25)}  # the demo: 83.6 mIoU, 81.4 at 1 alone
+
+
+def add_arguments(parser: argparse.ArgumentParser, add) -> None:
+    group = parser.add_argument_group("segmentation net predictions (eval_seg)")
+    add(
+        group,
+        "seg_out_dir",
+        help="the predictions of --val_list, one <id>.png per image (default result/seg; result_synthetic/seg "
+        "on the synthetic set)",
+    )
+    add(group, "seg_eval_out_dir", help="where the JSON report goes (default: <seg_out_dir>_eval)")
+    add(
+        group,
+        "seg_scales",
+        type=float,
+        nargs="+",
+        help=f"the scales each image is predicted at, with its mirror image (VOC: {' '.join(map(str, SCALES['voc']))}; "
+        f"the synthetic set: {' '.join(map(str, SCALES['synthetic']))})",
+    )
+    add(
+        group,
+        "seg_crf",
+        action="store_true",
+        help="refine the probabilities with DeepLab's dense CRF (CPU, ~1 s an image)",
+    )
+    add(
+        group,
+        "seg_palette",
+        choices=PALETTES,
+        default="gray",
+        help="gray: index PNGs (read as indices by every reader); voc: palette PNGs in VOC's colours, for viewing",
+    )
+    add(
+        group,
+        "seg_test",
+        action="store_true",
+        help="--val_list has no masks (VOC's test set; implied by a list named test): write the VOC server's "
+        f"layout, <seg_out_dir>/{SERVER_FOLDER}/<id>.png, and score nothing",
+    )
+
+
+def claim_predictions(folder: Path, settings: dict, rank: int) -> None:
+    """Rank 0 claims ``folder`` for predictions made with ``settings``, recorded in its
+    marker; a folder of predictions made otherwise stops every process with one line."""
+
+    def work() -> None:
+        if rank > 0:
+            return
+        recorded = (read_marker(folder) or {}).get("settings")
+        if recorded is not None and recorded != settings:
+            raise OutputError(
+                f"{folder} holds predictions made with {recorded}, not {settings}: remove it or choose another "
+                "--seg_out_dir"
+            )
+        claim(folder, OUTPUT_KIND, "choose another --seg_out_dir", settings=settings)
+
+    first_on_rank_zero(work)
+
+
+def predict_folder(
+    model: torch.nn.Module,
+    images: datasets.MultiScaleSet,
+    out_dir: Path,
+    palette: str,
+    crf: bool,
+    rank: int = 0,
+    world: int = 1,
+    workers: int = 0,
+    progress: bool = False,
+) -> int:
+    """Writes ``<out_dir>/<id>.png`` of this process's share of ``images`` (every world-th)
+    whose PNG is missing; returns how many PNGs all processes wrote (and waits for all)."""
+    mine = [i for i in range(rank, len(images), world) if not (out_dir / f"{images.ids[i]}.png").exists()]
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(images, mine), batch_size=None, num_workers=workers, pin_memory=device.type == "cuda"
+    )
+    for index, item in zip(mine, tqdm(loader, total=len(mine), desc="eval_seg", disable=not progress)):
+        probs = predict(model, item.images, item.size)  # C x H x W
+        if crf:
+            image = np.asarray(datasets.load_rgb(images.samples[index].path))  # H x W x 3
+            labels = crf_refine(image, probs.cpu().numpy()).argmax(0)
+        else:
+            labels = probs.argmax(0).cpu().numpy()
+        save_label_png(labels.astype(np.uint8), out_dir / f"{item.image_id}.png", palette)
+    return sum(gather_objects(len(mine)))
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Predictions of ``args.val_list`` into ``args.seg_out_dir``, then their scores
+    (eval_sem_seg's report), or on a test list the server's layout only ({"written": n})."""
+    scales = args.seg_scales or SCALES["synthetic" if getattr(args, "dataset", "voc") == "synthetic" else "voc"]
+    for scale in scales:
+        require_positive("--seg_scales", scale)
+    test = args.seg_test or Path(args.val_list).stem == "test"
+    out_dir = Path(args.seg_out_dir)
+    folder = out_dir / SERVER_FOLDER if test else out_dir
+    palette = "voc" if test else args.seg_palette
+
+    model, info = load_segmentation_model(args.seg_weights_name, args.device)
+    samples = datasets.voc_images(args.voc12_root, args.val_list)
+    if info["num_classes"] != len(datasets.voc_classes(args.voc12_root)) + 1:
+        raise CheckpointError(
+            f"{args.seg_weights_name}: a net of {info['num_classes']} outputs, but {args.voc12_root} has "
+            f"{len(datasets.voc_classes(args.voc12_root))} classes and the background"
+        )
+    weights = Path(args.seg_weights_name).resolve()  # and when it was written: a net trained again is another net
+    settings = {"weights": str(weights), "written": weights.stat().st_mtime_ns, "scales": list(scales)}
+    settings["crf"] = args.seg_crf
+    claim_predictions(out_dir, settings, args.rank)
+    written = predict_folder(
+        model,
+        datasets.MultiScaleSet(samples, scales),
+        folder,
+        palette,
+        args.seg_crf,
+        args.rank,
+        args.world,
+        args.num_workers,
+        progress=args.rank == 0 and not args.no_progress,
+    )
+    log.info("eval_seg: %d predictions written to %s (%d were there)", written, folder, len(samples) - written)
+    if test:
+        log.info("eval_seg: no masks for %s; archive %s for the VOC server", args.val_list, out_dir / "results")
+        return {"written": written}
+    scoring = {"sem_seg_out_dir": str(out_dir), "chainer_eval_set": args.val_list}
+    return eval_sem_seg.run(
+        argparse.Namespace(**{**vars(args), **scoring, "sem_seg_eval_out_dir": args.seg_eval_out_dir})
+    )
