@@ -599,42 +599,11 @@ def ir_label_paths(samples: Sequence[Sample], label_dir: str | Path) -> list[Pat
     return paths
 
 
-class AffinityTransform:
-    """(PIL image, H x W uint8 label) -> (3 x crop x crop image, crop/4 x crop/4 uint8 label),
-    IRN's steps in its order: both rescaled by a factor drawn uniformly in ``scale_range``
-    (the image bicubic, the label nearest, to round(side x factor)), the image normalized, both
-    flipped or not, both cropped at one random place (the image padded with 0, the label with
-    255: unsure), then the label reduced to stride 4 (nearest, round(crop / 4) a side). Random
-    draws come from torch's generator (``bas.engine.SeededItems``)."""
-
-    def __init__(self, crop: int, scale_range: tuple[float, float] = (0.5, 1.5), flip: bool = True):
-        self.crop, self.scale_range, self.flip = crop, scale_range, flip
-
-    def __call__(self, image: Image.Image, label: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-        low, high = self.scale_range
-        scale = low + float(torch.rand(())) * (high - low)
-        image = rescale(image, scale)
-        label = label.resize(image.size, Image.NEAREST)  # the image's size: round(side x scale)
-        tensor, mask = to_tensor(image), torch.from_numpy(np.array(label))  # 3 x H x W, H x W
-        if self.flip and bool(torch.randint(2, ())):
-            tensor, mask = tensor.flip(-1), mask.flip(-1)
-        (top, into_top), (left, into_left) = (TrainTransform._offsets(size, self.crop) for size in mask.shape)
-        height, width = min(self.crop, mask.shape[0]), min(self.crop, mask.shape[1])
-        image_crop = tensor.new_zeros(3, self.crop, self.crop)
-        label_crop = torch.full((self.crop, self.crop), IGNORE, dtype=torch.uint8)
-        inside = (slice(into_top, into_top + height), slice(into_left, into_left + width))
-        image_crop[(slice(None), *inside)] = tensor[:, top : top + height, left : left + width]
-        label_crop[inside] = mask[top : top + height, left : left + width]
-        reduced = round(self.crop / 4)
-        label_crop = Image.fromarray(label_crop.numpy()).resize((reduced, reduced), Image.NEAREST)
-        return image_crop, torch.from_numpy(np.array(label_crop))
-
-
 class AffinitySet(torch.utils.data.Dataset):
     """Samples and their IR labels -> (3 x crop x crop image, crop/4 x crop/4 uint8 IR label at
     stride 4, index), for training IRN; ``label_dir`` holds ``<id>.png`` of every sample."""
 
-    def __init__(self, samples: list[Sample], label_dir: str | Path, num_classes: int, transform: AffinityTransform):
+    def __init__(self, samples: list[Sample], label_dir: str | Path, num_classes: int, transform: LabelledCrop):
         self.samples, self.num_classes, self.transform = samples, num_classes, transform
         self.labels = ir_label_paths(samples, label_dir)
 
@@ -685,31 +654,39 @@ def voc_images(root: str | Path, split: str | Path, classes: Sequence[str] | Non
     return samples
 
 
-class SegmentationTransform:
-    """(PIL image, H x W uint8 mask) -> (3 x crop x crop image, crop x crop int64 mask), the
-    DeepLab training input: both rescaled by a factor drawn uniformly in ``scale_range``
-    (the image bicubic, the mask nearest), the image normalized, both flipped or not, both
-    cropped at one random place (where smaller, padded: the image with 0, the mean colour,
-    the mask with 255, ignored by the loss). Random draws come from torch's generator
+class LabelledCrop:
+    """(PIL image, H x W uint8 labels) -> (3 x crop x crop image, uint8 labels crop x crop, or
+    round(crop / label_stride) a side): the training input of the nets that learn from label
+    maps (IRN from IR labels, label_stride 4; the segmentation net from pseudo masks), in
+    IRN's order of steps: both rescaled by a factor drawn uniformly in ``scale_range`` (the
+    image bicubic, the labels nearest, to round(side x factor)), the image normalized, both
+    flipped or not, both cropped at one random place (where smaller, padded: the image with
+    0, the mean colour, the labels with 255, unsure / ignored), then the labels reduced to
+    ``label_stride`` (nearest). Random draws come from torch's generator
     (``bas.engine.SeededItems``)."""
 
-    def __init__(self, crop: int, scale_range: tuple[float, float] = (0.5, 2.0), flip: bool = True):
-        self.crop, self.scale_range, self.flip = crop, scale_range, flip
+    def __init__(self, crop: int, scale_range: tuple[float, float], flip: bool = True, label_stride: int = 1):
+        self.crop, self.scale_range, self.flip, self.label_stride = crop, scale_range, flip, label_stride
 
-    def __call__(self, image: Image.Image, mask: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, image: Image.Image, labels: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         low, high = self.scale_range
         image = rescale(image, low + float(torch.rand(())) * (high - low))
-        mask = mask.resize(image.size, Image.NEAREST)
-        tensor, labels = to_tensor(image), torch.from_numpy(np.array(mask)).long()  # 3 x H x W, H x W
+        labels = labels.resize(image.size, Image.NEAREST)  # the image's size: round(side x scale)
+        tensor, mask = to_tensor(image), torch.from_numpy(np.array(labels))  # 3 x H x W, H x W
         if self.flip and bool(torch.randint(2, ())):
-            tensor, labels = tensor.flip(-1), labels.flip(-1)
-        (top, into_top), (left, into_left) = (TrainTransform._offsets(size, self.crop) for size in labels.shape)
-        height, width = min(self.crop, labels.shape[0]), min(self.crop, labels.shape[1])
+            tensor, mask = tensor.flip(-1), mask.flip(-1)
+        (top, into_top), (left, into_left) = (TrainTransform._offsets(size, self.crop) for size in mask.shape)
+        height, width = min(self.crop, mask.shape[0]), min(self.crop, mask.shape[1])
         image_crop = tensor.new_zeros(3, self.crop, self.crop)
-        label_crop = torch.full((self.crop, self.crop), IGNORE, dtype=torch.long)
+        label_crop = torch.full((self.crop, self.crop), IGNORE, dtype=torch.uint8)
         inside = (slice(into_top, into_top + height), slice(into_left, into_left + width))
         image_crop[(slice(None), *inside)] = tensor[:, top : top + height, left : left + width]
-        label_crop[inside] = labels[top : top + height, left : left + width]
+        label_crop[inside] = mask[top : top + height, left : left + width]
+        if self.label_stride > 1:
+            reduced = round(self.crop / self.label_stride)
+            label_crop = torch.from_numpy(
+                np.array(Image.fromarray(label_crop.numpy()).resize((reduced, reduced), Image.NEAREST))
+            )
         return image_crop, label_crop
 
 
@@ -719,7 +696,7 @@ class SegmentationSet(torch.utils.data.Dataset):
     (index PNGs at the image's size: 0 background, c + 1 class c, 255 ignored), checked here,
     so that a missing one stops before any training."""
 
-    def __init__(self, samples: list[Sample], mask_dir: str | Path, num_classes: int, transform: SegmentationTransform):
+    def __init__(self, samples: list[Sample], mask_dir: str | Path, num_classes: int, transform: LabelledCrop):
         self.samples, self.num_classes, self.transform = samples, num_classes, transform
         self.masks = [Path(mask_dir) / f"{sample.image_id}.png" for sample in samples]
         missing = [path for path in self.masks if not path.is_file()]
@@ -741,4 +718,5 @@ class SegmentationSet(torch.utils.data.Dataset):
                 f"{path}: a {mask.shape[1]} x {mask.shape[0]} mask for the {image.width} x {image.height} "
                 f"image {self.samples[index].path}"
             )
-        return (*self.transform(image, Image.fromarray(mask)), index)
+        image, mask = self.transform(image, Image.fromarray(mask))
+        return image, mask.long(), index

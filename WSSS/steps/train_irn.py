@@ -42,7 +42,7 @@ from bas.engine import loader_options, poly_max_step, save_atomic, set_poly_lr
 from bas.errors import ArgumentError, CheckpointError, require_positive
 from bas.outputs import write_text_atomic
 from bas.training import TrainingRun, epoch_line, jsonable_args
-from WSSS.datasets import AffinitySet, AffinityTransform, Sample, TopLeftSet, voc_classes, voc_samples
+from WSSS.datasets import AffinitySet, LabelledCrop, Sample, TopLeftSet, voc_classes, voc_samples
 from WSSS.irn import IRN, LAYOUTS, PathIndex, build_irn, irn_loss
 from WSSS.train_bas import RUN_KIND
 
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 SEED = 0
 POLY_POWER = 0.9
+IRN_SCALES = (0.5, 1.5)  # the random rescaling of its training images, IRN's
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,9 @@ def run(args: argparse.Namespace) -> Path:
     samples, classes = voc_samples(args.voc12_root, args.train_list), voc_classes(args.voc12_root)
     mean_samples = voc_samples(args.voc12_root, args.infer_list)  # for the mean shift, after training
     crop = setup["crop_size"]
-    train_set = AffinitySet(samples, args.ir_label_out_dir, len(classes), AffinityTransform(crop))
+    train_set = AffinitySet(
+        samples, args.ir_label_out_dir, len(classes), LabelledCrop(crop, IRN_SCALES, label_stride=4)
+    )
     loader = run.loader(train_set, args.num_workers, drop_last=True)  # as IRN: full batches only
     if len(loader) == 0:
         run.close()

@@ -48,7 +48,7 @@ from bas.engine import (
 from bas.errors import ArgumentError, CheckpointError, require_positive
 from bas.outputs import write_text_atomic
 from bas.training import TrainingRun, epoch_line, jsonable_args
-from WSSS.datasets import IGNORE, SegmentationSet, SegmentationTransform, voc_classes, voc_samples
+from WSSS.datasets import IGNORE, LabelledCrop, SegmentationSet, voc_classes, voc_samples
 from WSSS.segmentation import ARCHS, build_segmentation_model, logits
 from WSSS.train_bas import RUN_KIND, WITH_BIASES
 
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> Path:
     samples = voc_samples(args.voc12_root, args.seg_train_list or args.train_list)
     classes = voc_classes(args.voc12_root)
     setup = settings(args, len(samples))
-    transform = SegmentationTransform(setup["crop_size"], tuple(setup["scale_range"]))
+    transform = LabelledCrop(setup["crop_size"], tuple(setup["scale_range"]))
     train_set = SegmentationSet(samples, args.sem_seg_out_dir, len(classes), transform)
     progress = not getattr(args, "no_progress", False)
     prefix = f"{weights.stem}_"  # beside other nets, and other segmentation nets (one per seed variant)
