@@ -585,42 +585,7 @@ class MultiScaleSet(torch.utils.data.Dataset):
         return MultiScaleItem(sample.image_id, (image.height, image.width), torch.tensor(sample.label), images)
 
 
-# ---------------------------------------------------------------------- IRN training
-def ir_label_paths(samples: Sequence[Sample], label_dir: str | Path) -> list[Path]:
-    """``<label_dir>/<id>.png`` of each sample, each checked to exist (IR labels: index PNGs,
-    0 background, c + 1 class c, 255 unsure, at the image's size)."""
-    paths = [Path(label_dir) / f"{sample.image_id}.png" for sample in samples]
-    for path in paths:
-        if not path.is_file():
-            raise DatasetError(
-                f"{path}: no IR label for this id; make them first (stage cam_to_ir_label) or point "
-                "--ir_label_out_dir at them"
-            )
-    return paths
-
-
-class AffinitySet(torch.utils.data.Dataset):
-    """Samples and their IR labels -> (3 x crop x crop image, crop/4 x crop/4 uint8 IR label at
-    stride 4, index), for training IRN; ``label_dir`` holds ``<id>.png`` of every sample."""
-
-    def __init__(self, samples: list[Sample], label_dir: str | Path, num_classes: int, transform: LabelledCrop):
-        self.samples, self.num_classes, self.transform = samples, num_classes, transform
-        self.labels = ir_label_paths(samples, label_dir)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        image, path = load_rgb(self.samples[index].path), self.labels[index]
-        label = read_mask(path, self.num_classes)
-        if label.shape != (image.height, image.width):
-            raise DatasetError(
-                f"{path}: a {label.shape[1]} x {label.shape[0]} label for the {image.width} x {image.height} "
-                f"image {self.samples[index].path}"
-            )
-        return (*self.transform(image, Image.fromarray(label)), index)
-
-
+# ------------------------------------------------------------- IRN's displacement mean
 class TopLeftSet(torch.utils.data.Dataset):
     """Samples -> (3 x crop x crop image at the top left of a zero canvas, cut where larger,
     C multi-hot label, index): IRN's input for measuring the displacement's mean."""
@@ -639,7 +604,7 @@ class TopLeftSet(torch.utils.data.Dataset):
         return canvas, torch.tensor(sample.label), index
 
 
-# ------------------------------------------------------------- segmentation net training
+# ------------------------------- label maps: IRN's IR labels, the segmentation net's masks
 def voc_images(root: str | Path, split: str | Path, classes: Sequence[str] | None = None) -> list[Sample]:
     """The images of ``split`` in list order, without labels (all zero): for prediction,
     where VOC's test set has no annotation to read."""
@@ -690,33 +655,33 @@ class LabelledCrop:
         return image_crop, label_crop
 
 
-class SegmentationSet(torch.utils.data.Dataset):
-    """Samples and their pseudo masks -> (3 x crop x crop image, crop x crop int64 mask,
-    index) for training a segmentation net; ``mask_dir`` holds ``<id>.png`` of every sample
-    (index PNGs at the image's size: 0 background, c + 1 class c, 255 ignored), checked here,
-    so that a missing one stops before any training."""
+class LabelledSet(torch.utils.data.Dataset):
+    """Samples and their label maps -> (3 x crop x crop image, int64 labels as ``transform``
+    gives them, index): IRN's IR labels, the segmentation net's pseudo masks. ``label_dir``
+    holds ``<id>.png`` of every sample (index PNGs at the image's size: 0 background, c + 1
+    class c, 255 unsure), checked here, so that a missing one stops before any training;
+    ``made_by`` names what makes them, for that error."""
 
-    def __init__(self, samples: list[Sample], mask_dir: str | Path, num_classes: int, transform: LabelledCrop):
+    def __init__(
+        self, samples: list[Sample], label_dir: str | Path, num_classes: int, transform: LabelledCrop, made_by: str
+    ):
         self.samples, self.num_classes, self.transform = samples, num_classes, transform
-        self.masks = [Path(mask_dir) / f"{sample.image_id}.png" for sample in samples]
-        missing = [path for path in self.masks if not path.is_file()]
+        self.labels = [Path(label_dir) / f"{sample.image_id}.png" for sample in samples]
+        missing = [path for path in self.labels if not path.is_file()]
         if missing:
             others = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise DatasetError(
-                f"{missing[0]}: no pseudo mask for this id{others}; make them first (stage make_sem_seg_labels, "
-                "--infer_list the training list) or point --sem_seg_out_dir at a folder of label PNGs"
-            )
+            raise DatasetError(f"{missing[0]}: no labels for this id{others}; {made_by}")
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        image, path = load_rgb(self.samples[index].path), self.masks[index]
-        mask = read_mask(path, self.num_classes)
-        if mask.shape != (image.height, image.width):
+        image, path = load_rgb(self.samples[index].path), self.labels[index]
+        labels = read_mask(path, self.num_classes)
+        if labels.shape != (image.height, image.width):
             raise DatasetError(
-                f"{path}: a {mask.shape[1]} x {mask.shape[0]} mask for the {image.width} x {image.height} "
+                f"{path}: {labels.shape[1]} x {labels.shape[0]} labels for the {image.width} x {image.height} "
                 f"image {self.samples[index].path}"
             )
-        image, mask = self.transform(image, Image.fromarray(mask))
-        return image, mask.long(), index
+        image, labels = self.transform(image, Image.fromarray(labels))
+        return image, labels.long(), index

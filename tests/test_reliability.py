@@ -19,6 +19,7 @@ from bas.outputs import MARKER, build_folder, claim
 from WSOL import count_pxap, evaluator
 from WSOL import train as train_script
 from WSOL.models import build_model
+from WSOL.presets import PRESETS
 from WSOL.synthetic import make_synthetic
 
 WSOL = Path(__file__).resolve().parents[1] / "WSOL"
@@ -218,7 +219,8 @@ def test_saved_maps_round_trip_to_the_models_numbers(data_dir, checkpoint, tmp_p
     argv += ["--save-maps", str(tmp_path / "maps"), "--output-dir", str(tmp_path / "ev")]
     model = evaluator.evaluate_model(evaluator.get_args_parser().parse_args(argv), torch.device("cpu"))
     saved = np.load(next((tmp_path / "maps").rglob("*.npy")))
-    assert saved.shape == (64, 64) and saved.min() == 0 and saved.max() == 1
+    crop = PRESETS["Synthetic"]["tiny"].crop  # maps come at the crop size, wsolevaluation's format
+    assert saved.shape == (crop, crop) and saved.min() == 0 and saved.max() == 1
     args = evaluator.get_args_parser().parse_args(["--data-dir", str(data_dir), "--maps", str(tmp_path / "maps")])
     again = evaluator.evaluate_saved_maps(args)
     for key in ("MaxBoxAccV2", "IoU30", "IoU50", "IoU70", "best_threshold_IoU50"):

@@ -43,3 +43,24 @@ def test_rewrite_leaves_a_sibling_alone_and_replaces_only_its_own_set(tmp_path):
     make_synthetic(root, num_train=6, num_test=4)
     assert len(cub_release(root, "train")) == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Synthetic", "Synthetic.partial"]
+
+
+def test_ensure_keeps_a_current_set_and_rebuilds_an_earlier_generators(tmp_path, monkeypatch):
+    """A set of this generator's version is used whatever its size; one an earlier version drew
+    (or one with no version in its marker) is replaced by the default set."""
+    import functools
+    import json
+
+    from bas.outputs import MARKER
+    from WSOL import synthetic
+
+    root = synthetic.make_synthetic(tmp_path / "Synthetic", num_train=6, num_test=4)
+    default = functools.partial(synthetic.make_synthetic, num_train=3, num_test=2)  # the default set, made small
+    monkeypatch.setattr(synthetic, "make_synthetic", default)
+    assert synthetic.ensure_synthetic(root) == root and len(cub_release(root, "train")) == 6
+    marker = json.loads((root / MARKER).read_text())
+    marker["params"]["version"] = synthetic.GENERATOR_VERSION - 1
+    (root / MARKER).write_text(json.dumps(marker))
+    synthetic.ensure_synthetic(root)
+    assert len(cub_release(root, "train")) == 3
+    assert json.loads((root / MARKER).read_text())["params"]["version"] == synthetic.GENERATOR_VERSION

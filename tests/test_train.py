@@ -8,7 +8,7 @@ import torch
 
 from WSOL import evaluator
 from WSOL.synthetic import make_synthetic
-from WSOL.train import get_args_parser, train
+from WSOL.train import fill_defaults, get_args_parser, train
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,21 @@ def test_train_then_evaluate(data_dir, tmp_path, capsys):
     assert len(list((tmp_path / "maps").rglob("*.npy"))) == 16
 
 
+def test_best_checkpoints_are_picked_over_the_demos_evaluation_sweep(tmp_path):
+    """The demo evaluates at 0.1 .. 0.7 (README): its best checkpoints are picked at the best
+    of the same thresholds; a paper preset keeps its single threshold."""
+    argv = ["--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "run")]
+    args = get_args_parser().parse_args(argv)
+    fill_defaults(args)
+    assert args.threshold == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    args = get_args_parser().parse_args([*argv, "--root", "CUB", "--arch", "resnet"])
+    fill_defaults(args)
+    assert args.threshold == [0.1]
+    args = get_args_parser().parse_args([*argv, "--threshold", "0.3"])
+    fill_defaults(args)
+    assert args.threshold == [0.3]
+
+
 def test_resumed_run_equals_uninterrupted(data_dir, tmp_path):
     """Also with loader workers (kept across epochs) in one run and none in the other:
     batches and augmentations do not depend on them."""
@@ -83,7 +98,7 @@ def test_saved_maps_are_scored_without_a_model(data_dir, tmp_path):
     assert report["images"] == 16 and report["gt_known"] == 100
     assert report["IoU30"] == report["IoU50"] == 100 and report["IoU70"] > 90
     pixel = count_pxap.evaluate(count_pxap.get_args_parser().parse_args(argv), torch.device("cpu"))
-    # Bicubic resizing of the 64 px maps softens their edges against the nearest-resized masks.
+    # Bicubic resizing of the maps softens their edges against the nearest-resized masks.
     assert pixel["PxAP"] > 99.9 and pixel["PIoU"] > 97
 
 

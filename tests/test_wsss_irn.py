@@ -315,5 +315,8 @@ def test_stage_errors_name_the_file(voc, tmp_path):
     root, labels = voc
     missing = tmp_path / "labels"
     missing.mkdir()
-    with pytest.raises(DatasetError, match=r"labels/2000_000001\.png: no IR label"):
+    message = (
+        r"labels/2000_000001\.png: no labels for this id \(and 7 more\); make them first \(stage cam_to_ir_label\)"
+    )
+    with pytest.raises(DatasetError, match=message):
         stage((root, missing), tmp_path, "--irn_num_epoches", "1")

@@ -198,7 +198,7 @@ def test_a_missing_pseudo_mask_stops_train_seg_before_any_work(trained, tmp_path
         shutil.copy(trained.root / "SegmentationClassAug" / f"{image_id}.png", masks)
     argv = [*trained.argv, "--stages", "train_seg", "--sem_seg_out_dir", str(masks)]
     argv += ["--seg_weights_name", str(tmp_path / "sess" / "seg.pth")]
-    message = f"{masks / ids[0]}.png: no pseudo mask for this id; make them first"
+    message = f"{masks / ids[0]}.png: no labels for this id; make them first"
     with pytest.raises(DatasetError, match="^" + re.escape(message)):
         run_sample.main(argv)
     assert not (tmp_path / "sess").exists()

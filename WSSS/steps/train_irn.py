@@ -42,7 +42,7 @@ from bas.engine import loader_options, poly_max_step, save_atomic, set_poly_lr
 from bas.errors import ArgumentError, CheckpointError, require_positive
 from bas.outputs import write_text_atomic
 from bas.training import TrainingRun, epoch_line, jsonable_args
-from WSSS.datasets import AffinitySet, LabelledCrop, Sample, TopLeftSet, voc_classes, voc_samples
+from WSSS.datasets import LabelledCrop, LabelledSet, Sample, TopLeftSet, voc_classes, voc_samples
 from WSSS.irn import IRN, LAYOUTS, PathIndex, build_irn, irn_loss
 from WSSS.train_bas import RUN_KIND
 
@@ -197,9 +197,9 @@ def run(args: argparse.Namespace) -> Path:
     samples, classes = voc_samples(args.voc12_root, args.train_list), voc_classes(args.voc12_root)
     mean_samples = voc_samples(args.voc12_root, args.infer_list)  # for the mean shift, after training
     crop = setup["crop_size"]
-    train_set = AffinitySet(
-        samples, args.ir_label_out_dir, len(classes), LabelledCrop(crop, IRN_SCALES, label_stride=4)
-    )
+    transform = LabelledCrop(crop, IRN_SCALES, label_stride=4)
+    made_by = "make them first (stage cam_to_ir_label) or point --ir_label_out_dir at them"
+    train_set = LabelledSet(samples, args.ir_label_out_dir, len(classes), transform, made_by)
     loader = run.loader(train_set, args.num_workers, drop_last=True)  # as IRN: full batches only
     if len(loader) == 0:
         run.close()

@@ -48,7 +48,7 @@ from bas.engine import (
 from bas.errors import ArgumentError, CheckpointError, require_positive
 from bas.outputs import write_text_atomic
 from bas.training import TrainingRun, epoch_line, jsonable_args
-from WSSS.datasets import IGNORE, LabelledCrop, SegmentationSet, voc_classes, voc_samples
+from WSSS.datasets import IGNORE, LabelledCrop, LabelledSet, voc_classes, voc_samples
 from WSSS.segmentation import ARCHS, build_segmentation_model, logits
 from WSSS.train_bas import RUN_KIND, WITH_BIASES
 
@@ -174,7 +174,11 @@ def run(args: argparse.Namespace) -> Path:
     classes = voc_classes(args.voc12_root)
     setup = settings(args, len(samples))
     transform = LabelledCrop(setup["crop_size"], tuple(setup["scale_range"]))
-    train_set = SegmentationSet(samples, args.sem_seg_out_dir, len(classes), transform)
+    made_by = (
+        "make them first (stage make_sem_seg_labels, --infer_list the training list) or point --sem_seg_out_dir "
+        "at a folder of label PNGs"
+    )
+    train_set = LabelledSet(samples, args.sem_seg_out_dir, len(classes), transform, made_by)
     progress = not getattr(args, "no_progress", False)
     prefix = f"{weights.stem}_"  # beside other nets, and other segmentation nets (one per seed variant)
     run = TrainingRun(
