@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from WSSS import run_sample, train_bas
+from WSSS.irn import build_irn
 from WSSS.synthetic import make_synthetic_voc
 
 WSSS = Path(__file__).resolve().parents[1] / "WSSS"
@@ -55,21 +57,34 @@ def test_seeds_of_every_net_are_made_scored_and_not_made_twice(trained, capsys):
     assert {name: snapshot(folder / name) for name in ("result", "sess")} == before
 
 
-def test_two_processes_write_the_same_seeds_as_one(trained, tmp_path):
-    """One thread per process in both runs (torchrun's default): a convolution's float
-    rounding depends on the thread count, the seeds must not depend on the sharding."""
+def test_two_processes_write_the_same_seeds_labels_and_masks_as_one(trained, tmp_path):
+    """Seeds, IR labels and pseudo masks (an untrained tiny IRN's boundaries) from one
+    process and from two under torchrun: the same files. One thread per process in both
+    runs (torchrun's default): a convolution's float rounding depends on the thread count,
+    the files must not depend on the sharding."""
     voc, weights, _ = trained
+    irn = tmp_path / "irn.pth"
+    torch.save({"model": build_irn("tiny").state_dict(), "arch": "tiny", "crop_size": 96, "radius": 5}, irn)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for launcher, out in (
         ([], "one"),
         (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], "two"),
     ):
         command = [sys.executable, *launcher, str(WSSS / "run_sample.py")]
-        command += pipeline_argv(voc, weights, tmp_path / out, "--stages", "make_cam")
+        command += pipeline_argv(
+            voc, weights, tmp_path / out / "cam", "--exp_times", "3", "--irn_weights_name", str(irn)
+        )
+        command += [
+            "--ir_label_out_dir",
+            str(tmp_path / out / "ir"),
+            "--sem_seg_out_dir",
+            str(tmp_path / out / "masks"),
+        ]
+        command += ["--stages", "make_cam", "cam_to_ir_label", "make_sem_seg_labels"]
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
     one, two = snapshot(tmp_path / "one"), snapshot(tmp_path / "two")
-    assert len(one) == 13 and one == two  # 12 seeds and the folder's marker
+    assert len(one) == 3 * 13 and one == two  # 12 seeds, IR labels, masks, and each folder's marker
 
 
 # Part 2 at the smallest sizes: the tiny IRN on 32 px crops, a small segmentation net.
