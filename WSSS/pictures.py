@@ -58,8 +58,8 @@ def save_strips(args: argparse.Namespace, variants: dict[str, argparse.Namespace
 
     out_dir = Path(args.images_out_dir)
     claim(out_dir, OUTPUT_KIND, "choose another --images_out_dir")
-    samples = datasets.voc_samples(args.voc12_root, args.chainer_eval_set)[:count]
-    masks = datasets.voc_masks(args.voc12_root, args.chainer_eval_set)
+    samples = datasets.pipeline_data(args).samples(args.chainer_eval_set)[:count]
+    masks = datasets.pipeline_data(args).masks(args.chainer_eval_set)
     written = 0
     for nets, flags in variants.items():
         weights = Path(flags.seg_weights_name)

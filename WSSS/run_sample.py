@@ -103,6 +103,19 @@ VOC_DEFAULTS = {
     "seg_out_dir": "result/seg",
     "exp_times": 8,
 }
+# On COCO 2014, beside them.
+COCO_DEFAULTS = {
+    "bas_weights_name": "sess_coco/epoch_10.pth.tar",
+    "cam_weights_name": "sess_coco/res50_cam.pth",
+    "cam_out_dir": "result_coco/cam",
+    "images_out_dir": "result_coco/images",
+    "ir_label_out_dir": "result_coco/ir_label",
+    "irn_weights_name": "sess_coco/res50_irn.pth",
+    "sem_seg_out_dir": "result_coco/sem_seg",
+    "seg_weights_name": "sess_coco/deeplabv3_resnet50.pth",
+    "seg_out_dir": "result_coco/seg",
+    "exp_times": 8,
+}
 
 
 def _bool(value: str) -> bool:
@@ -137,6 +150,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         "voc12_root",
         help="the VOC2012 folder of a VOCdevkit (JPEGImages, Annotations, SegmentationClass, ImageSets); "
         f"default: the embedded synthetic set, written on first use to {SYNTHETIC_ROOT}",
+    )
+    _add(
+        group,
+        "coco_root",
+        help="a COCO 2014 root (train2014/, val2014/, annotations/instances_*.json) instead of VOC: lists are then "
+        "a split, train or val (all its annotated images; train for --train_list's train_aug), or a file of "
+        "image names",
     )
     _add(group, "num_workers", type=int, default=(os.cpu_count() or 2) // 2, help="data loader processes")
     _add(group, "device", help="default: cuda when present, else cpu (under torchrun: the local rank's GPU)")
@@ -242,13 +262,18 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def fill_dataset_defaults(args: argparse.Namespace) -> None:
-    """VOC when --voc12_root is given, else the synthetic set (written now, on first use);
-    the weights, seed folders and seed nets default accordingly."""
-    synthetic = args.voc12_root is None
-    args.dataset = "synthetic" if synthetic else "voc"
+    """VOC when --voc12_root is given, COCO with --coco_root, else the synthetic set (written
+    now, on first use); the weights, seed folders and seed nets default accordingly."""
+    if args.coco_root is not None and args.voc12_root is not None:
+        raise ArgumentError("--voc12_root and --coco_root exclude each other: give one")
+    args.dataset = "coco" if args.coco_root is not None else "voc" if args.voc12_root is not None else "synthetic"
+    synthetic = args.dataset == "synthetic"
     if synthetic:
         args.voc12_root = first_on_rank_zero(lambda: ensure_synthetic_voc(SYNTHETIC_ROOT))
-    for name, value in (SYNTHETIC_DEFAULTS if synthetic else VOC_DEFAULTS).items():
+    if args.dataset == "coco" and args.train_list == "train_aug":
+        args.train_list = "train"  # VOC's default list: on COCO the train split
+    defaults = {"synthetic": SYNTHETIC_DEFAULTS, "voc": VOC_DEFAULTS, "coco": COCO_DEFAULTS}[args.dataset]
+    for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     args.seed_nets = args.seed_nets or (list(SEED_NETS) if synthetic else ["bas+cam"])
@@ -311,8 +336,8 @@ def print_summary(reports: dict[str, dict[str, dict]], ir_labels: dict[str, dict
 def score_ir_labels(args: argparse.Namespace) -> dict[str, dict]:
     """The IR labels of every --refine_nets variant on the list eval_cam scores, their unsure
     pixels left out (IR labels are meant to be sure where they say something)."""
-    masks = datasets.voc_masks(args.voc12_root, args.chainer_eval_set)
-    classes = datasets.voc_classes(args.voc12_root)
+    masks = datasets.pipeline_data(args).masks(args.chainer_eval_set)
+    classes = datasets.pipeline_data(args).classes
     return {
         nets: score_label_folder(variant_args(args, nets).ir_label_out_dir, masks, classes, unsure="ignore")
         for nets in args.refine_nets

@@ -276,9 +276,9 @@ def fill_defaults(args: argparse.Namespace) -> None:
 def training_samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, ...]]:
     """The training images with their labels, and the class names. The synthetic set is
     written first (rank 0 first, the other processes find it written)."""
-    if args.dataset == "coco":
+    if args.dataset == "coco":  # --train-list: a file of train2014 image names; none or "train": all of them
         instances = CocoInstances(args.coco_root, "train")
-        return instances.samples(args.train_list), instances.classes
+        return instances.samples(None if args.train_list in (None, "train") else args.train_list), instances.classes
     root = args.voc12_root
     if args.dataset == "synthetic":
         hint = (

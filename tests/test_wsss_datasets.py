@@ -15,10 +15,12 @@ from pycocotools import mask as coco_mask
 from torch.utils.data import DataLoader
 
 from bas.engine import SeededItems
-from bas.errors import DatasetError, OutputError
+from bas.errors import ArgumentError, DatasetError, OutputError
 from bas.outputs import MARKER
-from WSSS import datasets
+from WSSS import datasets, run_sample
 from WSSS.datasets import CocoInstances, MultiScaleSet, Sample
+from WSSS.models import build_model
+from WSSS.steps import eval_cam
 from WSSS.synthetic import CLASS_COLOURS, CLASS_NAMES, DISTRACTOR_COLOURS, ensure_synthetic_voc, make_synthetic_voc
 
 ORIGINAL = Path("data/bas-extension/WSSS")
@@ -739,3 +741,22 @@ def test_synthetic_leaves_a_foreign_folder_alone(tmp_path):
     write(other / MARKER, json.dumps({"kind": "training run"}))
     with pytest.raises(OutputError, match="holds a training run"):
         ensure_synthetic_voc(other, **SMALL)
+
+
+def test_run_sample_makes_and_scores_coco_seeds(coco, tmp_path):
+    """make_cam and eval_cam on a COCO root: labels and masks from the instances file, the
+    80 classes in the original's order, a split as the list."""
+    for method in ("bas", "cam"):
+        state = build_model(method, num_classes=80, arch="tiny").state_dict()
+        torch.save({"model": state}, tmp_path / f"{method}.pth")
+    argv = ["--coco_root", str(coco), "--stages", "make_cam", "eval_cam", "--train_list", "val"]
+    argv += ["--chainer_eval_set", "val", "--cam_out_dir", str(tmp_path / "seeds"), "--arch", "tiny"]
+    argv += ["--bas_weights_name", str(tmp_path / "bas.pth"), "--cam_weights_name", str(tmp_path / "cam.pth")]
+    run_sample.main([*argv, "--cam_scales", "1", "--num_workers", "0", "--no_progress"])
+    assert sorted(p.stem for p in (tmp_path / "seeds").glob("*.npy")) == sorted(coco_name(i) for i in COCO_IMAGES)
+    keys, _ = eval_cam.read_seed(tmp_path / "seeds" / f"{coco_name(74)}.npy")
+    assert keys.tolist() == [0, 1, 16]  # person, bicycle, dog
+    report = json.loads((tmp_path / "seeds_eval" / "eval_cam_val.json").read_text())
+    assert report["images"] == 3 and len(report["iou_at_best"]) == 81
+    with pytest.raises(ArgumentError, match="exclude each other"):
+        run_sample.main([*argv, "--voc12_root", str(tmp_path)])

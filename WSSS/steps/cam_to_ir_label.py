@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     ``args.ir_label_out_dir``; returns how many were written."""
     require_unit_interval("--conf_fg_thres", args.conf_fg_thres)
     require_unit_interval("--conf_bg_thres", args.conf_bg_thres)
-    samples = datasets.voc_samples(args.voc12_root, args.train_list)
+    samples = datasets.pipeline_data(args).samples(args.train_list)
     out_dir = Path(args.ir_label_out_dir)
     claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --ir_label_out_dir")
     jobs = IrLabelJobs(

@@ -164,8 +164,8 @@ def run(args: argparse.Namespace) -> dict:
     (a list) or the original's sweep; each process scores every world-th id and every
     process returns the whole set's report. Rank 0 prints it and writes it as JSON."""
     thresholds = sorted(args.cam_eval_thres or metrics.SWEEP)
-    masks = datasets.voc_masks(args.voc12_root, args.chainer_eval_set)
-    classes = datasets.voc_classes(args.voc12_root)
+    masks = datasets.pipeline_data(args).masks(args.chainer_eval_set)
+    classes = datasets.pipeline_data(args).classes
     out_dir = output_folder(args.cam_out_dir, args.cam_eval_out_dir)
     claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --cam_eval_out_dir")
     local = score_seeds(

@@ -143,11 +143,13 @@ def run(args: argparse.Namespace) -> dict:
     palette = "voc" if test else args.seg_palette
 
     model, info = load_segmentation_model(args.seg_weights_name, args.device)
-    samples = datasets.voc_images(args.voc12_root, args.val_list)
-    if info["num_classes"] != len(datasets.voc_classes(args.voc12_root)) + 1:
+    data = datasets.pipeline_data(args)
+    samples = data.images(args.val_list)
+    if info["num_classes"] != len(data.classes) + 1:
+        root = getattr(args, "coco_root", None) or args.voc12_root
         raise CheckpointError(
-            f"{args.seg_weights_name}: a net of {info['num_classes']} outputs, but {args.voc12_root} has "
-            f"{len(datasets.voc_classes(args.voc12_root))} classes and the background"
+            f"{args.seg_weights_name}: a net of {info['num_classes']} outputs, but {root} has {len(data.classes)} "
+            "classes and the background"
         )
     weights = Path(args.seg_weights_name).resolve()  # and when it was written: a net trained again is another net
     settings = {"weights": str(weights), "written": weights.stat().st_mtime_ns, "scales": list(scales)}

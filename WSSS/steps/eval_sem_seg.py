@@ -109,8 +109,8 @@ def run(args: argparse.Namespace) -> dict:
     """Scores ``args.sem_seg_out_dir`` on ``args.chainer_eval_set``; each process scores
     every world-th id and every process returns the whole set's report. Rank 0 prints it
     and writes it as JSON."""
-    masks = datasets.voc_masks(args.voc12_root, args.chainer_eval_set)
-    classes = datasets.voc_classes(args.voc12_root)
+    masks = datasets.pipeline_data(args).masks(args.chainer_eval_set)
+    classes = datasets.pipeline_data(args).classes
     out_dir = output_folder(args.sem_seg_out_dir, args.sem_seg_eval_out_dir)
     claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --sem_seg_eval_out_dir")
     local = label_counts(

@@ -176,8 +176,8 @@ def run(args: argparse.Namespace) -> dict[str, int]:
     """Seeds of ``args.train_list`` (the original makes them for train_aug) for each variant
     of ``args.seed_nets`` (bas+cam into ``args.cam_out_dir``, see ``seed_folder``); returns
     how many files of each variant were written."""
-    samples = datasets.voc_samples(args.voc12_root, args.train_list)
-    num_classes = len(datasets.voc_classes(args.voc12_root))
+    samples = datasets.pipeline_data(args).samples(args.train_list)
+    num_classes = len(datasets.pipeline_data(args).classes)
     weights = {"bas": args.bas_weights_name, "cam": args.cam_weights_name}
     needed = sorted({name for variant in args.seed_nets for name in variant.split("+")})
     nets = {name: load_net(name, weights[name], num_classes, args.arch) for name in needed}

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     at ``args.irn_weights_name`` into ``args.sem_seg_out_dir``; returns how many were written."""
     require_unit_interval("--sem_seg_bg_thres", args.sem_seg_bg_thres)
     require_positive("--sem_seg_power", args.sem_seg_power)
-    samples = datasets.voc_samples(args.voc12_root, args.infer_list)
+    samples = datasets.pipeline_data(args).samples(args.infer_list)
     irn, info = load_irn(args.irn_weights_name)
     out_dir = Path(args.sem_seg_out_dir)
     claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --sem_seg_out_dir")

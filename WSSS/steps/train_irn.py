@@ -42,7 +42,8 @@ from bas.engine import loader_options, poly_max_step, save_atomic, set_poly_lr
 from bas.errors import ArgumentError, CheckpointError, require_positive
 from bas.outputs import write_text_atomic
 from bas.training import TrainingRun, epoch_line, jsonable_args
-from WSSS.datasets import LabelledCrop, LabelledSet, Sample, TopLeftSet, voc_classes, voc_samples
+from WSSS import datasets
+from WSSS.datasets import LabelledCrop, LabelledSet, Sample, TopLeftSet
 from WSSS.irn import IRN, LAYOUTS, PathIndex, build_irn, irn_loss
 from WSSS.train_bas import RUN_KIND
 
@@ -187,15 +188,15 @@ def run(args: argparse.Namespace) -> Path:
     log.info(
         "training IRN (%s) on %s (%s x %d), weights to %s",
         setup["arch"],
-        args.voc12_root,
+        getattr(args, "coco_root", None) or args.voc12_root,
         run.device,
         run.world,
         weights,
     )
 
     # ============ data ============
-    samples, classes = voc_samples(args.voc12_root, args.train_list), voc_classes(args.voc12_root)
-    mean_samples = voc_samples(args.voc12_root, args.infer_list)  # for the mean shift, after training
+    samples, classes = datasets.pipeline_data(args).samples(args.train_list), datasets.pipeline_data(args).classes
+    mean_samples = datasets.pipeline_data(args).samples(args.infer_list)  # for the mean shift, after training
     crop = setup["crop_size"]
     transform = LabelledCrop(crop, IRN_SCALES, label_stride=4)
     made_by = "make them first (stage cam_to_ir_label) or point --ir_label_out_dir at them"

@@ -48,7 +48,8 @@ from bas.engine import (
 from bas.errors import ArgumentError, CheckpointError, require_positive
 from bas.outputs import write_text_atomic
 from bas.training import TrainingRun, epoch_line, jsonable_args
-from WSSS.datasets import IGNORE, LabelledCrop, LabelledSet, voc_classes, voc_samples
+from WSSS import datasets
+from WSSS.datasets import IGNORE, LabelledCrop, LabelledSet
 from WSSS.segmentation import ARCHS, build_segmentation_model, logits
 from WSSS.train_bas import RUN_KIND, WITH_BIASES
 
@@ -170,8 +171,8 @@ def run(args: argparse.Namespace) -> Path:
         raise ArgumentError("train_seg needs --sem_seg_out_dir, the folder of the pseudo masks")
 
     # ============ data (every pseudo mask checked before any work) ============
-    samples = voc_samples(args.voc12_root, args.seg_train_list or args.train_list)
-    classes = voc_classes(args.voc12_root)
+    samples = datasets.pipeline_data(args).samples(args.seg_train_list or args.train_list)
+    classes = datasets.pipeline_data(args).classes
     setup = settings(args, len(samples))
     transform = LabelledCrop(setup["crop_size"], tuple(setup["scale_range"]))
     made_by = (
