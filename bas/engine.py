@@ -256,15 +256,17 @@ def load_state_dict_checked(
 
 # ---------------------------------------------------------------------------- logging
 class JsonLines:
-    """Appends one JSON object per line (one per epoch), flushed at once."""
+    """One JSON object per line (one per epoch). Every write replaces the file atomically with
+    its lines so far and the new one, so a crash never leaves half a line for a resumed run
+    (or the curves drawn from the log) to trip over."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
     def write(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, default=_jsonable) + "\n")
+        before = self.path.read_text() if self.path.exists() else ""
+        write_text_atomic(self.path, before + json.dumps(record, default=_jsonable) + "\n")
 
     def keep(self, predicate) -> None:
         """Drop the records ``predicate`` rejects (e.g. epochs after the one resumed from)."""
@@ -276,7 +278,16 @@ class JsonLines:
     def records(self) -> list[dict]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for lineno, line in enumerate(self.path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise UserError(
+                        f"{self.path}, line {lineno}: not a JSON line ({error.msg}); mend or remove it"
+                    ) from None
+        return records
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,10 +1,14 @@
 """Training plumbing: the learning-rate schedule, shuffling and seeded augmentation."""
 
+import os
+
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bas.engine import SeededItems, ShuffledShards, param_groups, set_step_lr, sgd
+from bas.engine import JsonLines, SeededItems, ShuffledShards, param_groups, set_step_lr, sgd
+from bas.errors import UserError
 
 
 class RandomDraws(Dataset):
@@ -79,3 +83,26 @@ def test_learning_rate_groups_and_steps():
     optimizer = sgd(model, 0.1)
     assert set_step_lr(optimizer, 0.1, epoch=5, decay_epoch=3) == pytest.approx(0.01)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.02, 0.1, 0.2])
+
+
+def test_log_lines_survive_a_crash_while_writing(tmp_path, monkeypatch):
+    log = JsonLines(tmp_path / "log.jsonl")
+    log.write({"epoch": 1, "loss": np.float32(0.5)})
+    log.write({"epoch": 2, "loss": torch.tensor(0.25)})
+    before = log.path.read_bytes()
+    assert log.records() == [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]
+
+    def crash(*_):
+        raise KeyboardInterrupt  # interrupted between writing the new file and putting it in place
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        log.write({"epoch": 3, "loss": 0.125})
+    assert log.path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]
+
+
+def test_a_broken_log_line_is_named(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"epoch": 1}\n{"epoch": 2, "lo\n')
+    with pytest.raises(UserError, match=r"log\.jsonl, line 2: not a JSON line"):
+        JsonLines(path).records()
