@@ -141,10 +141,18 @@ class TrainingRun:
         """Loss scaling for fp16 (bf16 and fp32 need none: the scaler is then a no-op)."""
         return torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
 
-    def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> dict:
+    def resume(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        settings: dict | None = None,
+    ) -> dict:
         """Load ``last.pth`` into the model, optimizer and scaler; returns the checkpoint's
         other entries (``epoch`` and whatever the script saved with it). Without one, the
-        run starts afresh: ``{"epoch": 0}``."""
+        run starts afresh: ``{"epoch": 0}``. ``settings``: what a resumed run must share with
+        the run it continues, or it would not repeat it (saved with ``save(..., settings=)``);
+        a checkpoint of other settings stops, naming the first that differs."""
         if not self.last.is_file():
             log.info("nothing to resume in %s: starting afresh", self.output_dir)
             return {"epoch": 0}
@@ -152,6 +160,13 @@ class TrainingRun:
         missing = [key for key in ("optimizer", "scaler", "epoch") if key not in checkpoint]
         if missing:
             raise CheckpointError(f"{self.last}: not a checkpoint to resume from (no {', '.join(missing)})")
+        recorded = checkpoint.get("settings", {})
+        for name in sorted(settings.keys() | recorded.keys()) if settings is not None else ():
+            if recorded.get(name) != settings.get(name):
+                raise CheckpointError(
+                    f"{self.last} was trained with {name} {recorded.get(name)}, not {settings.get(name)}: resume "
+                    "with the same flags, or remove it to start afresh"
+                )
         load_state_dict_checked(model, checkpoint["model"], str(self.last))
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])

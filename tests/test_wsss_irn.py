@@ -11,7 +11,7 @@ from PIL import Image
 
 from bas import training
 from bas.engine import save_atomic
-from bas.errors import DatasetError
+from bas.errors import CheckpointError, DatasetError
 from bas.outputs import read_marker
 from WSSS import run_sample
 from WSSS.datasets import voc_palette
@@ -309,6 +309,13 @@ def test_resumed_stage_equals_uninterrupted(voc, tmp_path, monkeypatch):
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     logs = [training.JsonLines(sess / "irn_log.jsonl").records() for sess in (whole, resumed)]
     assert logs[0] == logs[1]
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(voc, tmp_path):
+    sess = stage(voc, tmp_path, "--irn_num_epoches", "1")
+    (sess / "irn.pth").unlink()  # as if stopped after its last epoch: irn_last.pth remains
+    with pytest.raises(CheckpointError, match=r"irn_last\.pth was trained with learning_rate 0\.1, not 0\.2"):
+        stage(voc, tmp_path, "--irn_num_epoches", "1", "--irn_learning_rate", "0.2")
 
 
 def test_stage_errors_name_the_file(voc, tmp_path):

@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from bas.engine import loader_options, poly_max_step, save_atomic, set_poly_lr
-from bas.errors import ArgumentError, CheckpointError, require_positive
+from bas.errors import ArgumentError, require_positive
 from bas.outputs import write_text_atomic
 from bas.training import TrainingRun, epoch_line, jsonable_args
 from WSSS import datasets
@@ -195,8 +195,9 @@ def run(args: argparse.Namespace) -> Path:
     )
 
     # ============ data ============
-    samples, classes = datasets.pipeline_data(args).samples(args.train_list), datasets.pipeline_data(args).classes
-    mean_samples = datasets.pipeline_data(args).samples(args.infer_list)  # for the mean shift, after training
+    data = datasets.pipeline_data(args)
+    samples, classes = data.samples(args.train_list), data.classes
+    mean_samples = data.samples(args.infer_list)  # for the mean shift, after training
     crop = setup["crop_size"]
     transform = LabelledCrop(crop, IRN_SCALES, label_stride=4)
     made_by = "make them first (stage cam_to_ir_label) or point --ir_label_out_dir at them"
@@ -221,14 +222,7 @@ def run(args: argparse.Namespace) -> Path:
     max_step = poly_max_step(len(train_set), setup["batch_size"], setup["num_epoches"])
 
     # ============ resume (always: a stage finishes what an interrupted one began) ============
-    resumed = run.resume(model, optimizer, scaler)
-    recorded = resumed.get("settings", {})
-    for name in setup:
-        if resumed["epoch"] and recorded.get(name) != setup[name]:
-            raise CheckpointError(
-                f"{run.last} was trained with {name} {recorded.get(name)}, not {setup[name]}: resume with the "
-                "same flags, or remove it to start afresh"
-            )
+    resumed = run.resume(model, optimizer, scaler, settings=setup)
     trained = run.distribute(model)
 
     def compute_loss(net, images, ir_label, step):

@@ -171,8 +171,8 @@ def run(args: argparse.Namespace) -> Path:
         raise ArgumentError("train_seg needs --sem_seg_out_dir, the folder of the pseudo masks")
 
     # ============ data (every pseudo mask checked before any work) ============
-    samples = datasets.pipeline_data(args).samples(args.seg_train_list or args.train_list)
-    classes = datasets.pipeline_data(args).classes
+    data = datasets.pipeline_data(args)
+    samples, classes = data.samples(args.seg_train_list or args.train_list), data.classes
     setup = settings(args, len(samples))
     transform = LabelledCrop(setup["crop_size"], tuple(setup["scale_range"]))
     made_by = (
@@ -201,12 +201,7 @@ def run(args: argparse.Namespace) -> Path:
     max_step = poly_max_step(len(train_set), setup["batch_size"], setup["num_epoches"])
 
     # ============ resume (always: a stage finishes what an interrupted one began) ============
-    resumed = run.resume(model, optimizer, scaler)
-    if resumed["epoch"] and resumed.get("settings") != setup:
-        raise CheckpointError(
-            f"{run.last} was written with other settings ({resumed.get('settings')}, not {setup}): "
-            "remove it, or give the flags it was trained with"
-        )
+    resumed = run.resume(model, optimizer, scaler, settings=setup)
     trained = run.distribute(model)
 
     def compute_loss(net, images, labels, step):
