@@ -103,56 +103,41 @@ def forward_ms(arch: str, args: argparse.Namespace) -> float:
     return 1000 * timed(lambda: model.localize(images, labels), args.steps, args.warmup, device) / args.eval_batch
 
 
-def count_max(labels: list[list[int]]) -> int:
-    """The original's pick of the component (its utils count_max): a Python count of every
-    pixel's label, then the most frequent non-zero label (a stable sort: ties to the label
-    met first); -1 without foreground."""
-    counts = {}
+def most_frequent_label(labels: list[list[int]]) -> int:
+    """The original's choice of component, at its cost: every pixel's label tallied in
+    Python, the most frequent non-zero one kept (ties: the label met first); -1 without
+    foreground."""
+    tally: dict[int, int] = {}
     for row in labels:
         for label in row:
-            if label == 0:
-                continue
-            if label not in counts.keys():
-                counts[label] = 0
-            counts[label] += 1
-    if counts == {}:
-        return -1
-    return sorted(counts.items(), key=lambda item: item[1], reverse=True)[0][0]
+            if label:
+                tally[label] = tally.get(label, 0) + 1
+    return max(tally, key=tally.get) if tally else -1
 
 
 def original_code_boxes(maps: np.ndarray, gt: list[np.ndarray], threshold: float, crop: int = 224):
-    """The original evaluator's steps, image by image, at one threshold: normalize_map (min-max
-    then cv2 bilinear resize), a float64 highlight, skimage's measure.label, count_max, the
-    highlight of that label (x 255, INTER_NEAREST resize to the crop), regionprops' bbox and
-    IoU.py against each GT box. scipy.ndimage stands in for skimage (not a dependency): its
-    label (8-connected, components numbered in the same row-major order) and find_objects
-    give the same boxes; the Python pixel count costs most of the time either way.
-    -> boxes N x 4, best IoUs N."""
+    """The original evaluator's procedure, image by image, at one threshold: the map min-max
+    normalized (+1e-5) and resized bilinearly by cv2, a float64 foreground mask, its
+    8-connected components, the most frequent one by a Python tally, that component's mask
+    x 255 resized nearest to the crop, its bounding box (the whole crop when empty), and
+    the best IoU against the GT boxes with inclusive corners. scipy.ndimage stands in for
+    skimage (not a dependency): its components are numbered in the same row-major order
+    and give the same boxes. -> boxes N x 4, best IoUs N."""
     boxes, best = [], []
     for raw, gt_boxes in zip(maps, gt):
-        atten = (raw - np.min(raw)) / (np.max(raw) - np.min(raw) + 1e-5)
-        atten = cv2.resize(atten, dsize=(crop, crop))
-        highlight = np.zeros(atten.shape)
-        highlight[atten > threshold] = 1
-        labels = ndimage.label(highlight, structure=np.ones((3, 3)))[0]
-        highlight = np.zeros(highlight.shape)
-        highlight[labels == count_max(labels.tolist())] = 1
-        highlight = np.round(highlight * 255)
-        highlight = cv2.resize(highlight, (crop, crop), interpolation=cv2.INTER_NEAREST)
-        found = ndimage.find_objects(highlight.astype(int))
-        if found:
-            rows, cols = found[-1]
-            box = [cols.start, rows.start, cols.stop, rows.stop]
-        else:
-            box = [0, 0, crop, crop]
-        max_iou = -1
-        for g in gt_boxes:
-            width = max(0, min(box[2], g[2]) - max(box[0], g[0]) + 1)
-            inter = width * max(0, min(box[3], g[3]) - max(box[1], g[1]) + 1)
-            union = (box[2] - box[0] + 1) * (box[3] - box[1] + 1) + (g[2] - g[0] + 1) * (g[3] - g[1] + 1) - inter
-            max_iou = max(max_iou, inter / union)
+        scaled = cv2.resize((raw - raw.min()) / (raw.max() - raw.min() + 1e-5), dsize=(crop, crop))
+        foreground = (scaled > threshold).astype(np.float64)
+        components = ndimage.label(foreground, structure=np.ones((3, 3)))[0]
+        kept = np.round((components == most_frequent_label(components.tolist())) * 255.0)
+        kept = cv2.resize(kept, (crop, crop), interpolation=cv2.INTER_NEAREST)
+        found = ndimage.find_objects(kept.astype(int))
+        rows, cols = found[-1] if found else (slice(0, crop), slice(0, crop))
+        box, gt_boxes = np.array([cols.start, rows.start, cols.stop, rows.stop]), np.asarray(gt_boxes)
+        overlap = np.minimum(box[2:], gt_boxes[:, 2:]) - np.maximum(box[:2], gt_boxes[:, :2]) + 1  # inclusive
+        inter = np.clip(overlap, 0, None).prod(1)
+        union = (box[2:] - box[:2] + 1).prod() + (gt_boxes[:, 2:] - gt_boxes[:, :2] + 1).prod(1) - inter
         boxes.append(box)
-        best.append(max_iou)
+        best.append(float((inter / union).max(initial=-1.0)))
     return np.array(boxes), np.array(best)
 
 
