@@ -117,8 +117,8 @@ def predict(model: nn.Module, images: Sequence[torch.Tensor], size: Sequence[int
     return total / (2 * len(images))
 
 
-def crf_refine(image: np.ndarray, probs: np.ndarray) -> np.ndarray:
+def crf_refine(image: np.ndarray, probs: np.ndarray, scale: float = 1.0) -> np.ndarray:
     """DeepLab's dense CRF of class probabilities on the image: H x W x 3 uint8 (RGB),
-    C x H x W -> C x H x W float32 marginals."""
+    C x H x W -> C x H x W float32 marginals; ``scale`` times its kernels' widths."""
     unary = unary_from_softmax(probs.astype(np.float32))  # C x (H * W) energies
-    return dense_crf(image, unary, CRF_SMOOTH, CRF_APPEARANCE, CRF_ITERATIONS)
+    return dense_crf(image, unary, CRF_SMOOTH, CRF_APPEARANCE, CRF_ITERATIONS, scale)

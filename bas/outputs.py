@@ -63,7 +63,8 @@ def claim(folder: str | Path, kind: str, hint: str = "", **details) -> Path:
     as holding ``kind``; ``details`` are recorded in the marker. Returns the folder."""
     folder = check_writable(folder, kind, hint)
     folder.mkdir(parents=True, exist_ok=True)
-    if read_marker(folder) is None or details:
+    marker = read_marker(folder)
+    if marker is None or (details and marker != json.loads(json.dumps({"kind": kind, **details}))):
         write_text_atomic(folder / MARKER, json.dumps({"kind": kind, **details}, sort_keys=True) + "\n")
     return folder
 

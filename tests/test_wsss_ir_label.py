@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from test_wsss_metrics import plain_confusion, save_palette_mask
 
-from bas.errors import DatasetError
+from bas.errors import DatasetError, OutputError
 from WSSS import datasets, run_sample
 from WSSS.models import build_model
 from WSSS.steps import cam_to_ir_label, eval_sem_seg
@@ -52,6 +52,22 @@ def test_confident_where_the_seed_is_sure_unsure_between_background_where_low():
     low = np.full((2, 20, 40), 0.1, np.float32)
     assert (ir_label(image, low, keys, 0.30, 0.17) == 0).all()
     assert (ir_label(image, np.zeros((0, 20, 40), np.float32), np.zeros(0, np.int64), 0.30, 0.17) == 0).all()
+
+
+def test_crf_scale_keeps_a_small_images_sure_part_that_voc_widths_swallow():
+    image = np.full((60, 60, 3), 30, np.uint8)
+    image[10:50, 10:50] = (200, 150, 60)  # one body of one colour on a dark ground
+    cams = np.zeros((1, 60, 60), np.float32)
+    cams[0, 10:50, 10:50] = 0.2  # weak over the body: neither sure foreground nor sure background
+    cams[0, 10:50, 10:22] = 0.9  # sure on its left part
+    keys = np.array([0])
+    # At IRN's 50 px the appearance kernel spans the image: the body's weak majority takes its
+    # sure part to the background in the foreground labelling, so nothing of it is sure.
+    voc = ir_label(image, cams, keys, 0.30, 0.17)
+    assert (voc[10:50, 10:50] == 255).all() and (voc[:10] == 0).all()
+    small = ir_label(image, cams, keys, 0.30, 0.17, crf_scale=0.2)
+    assert (small[10:50, 10:20] == 1).all() and (small[10:50, 24:50] == 255).all()
+    assert (small[:10] == 0).all() and (small[50:] == 0).all() and (small[:, :10] == 0).all()
 
 
 def plain_combination(fg, bg):
@@ -105,7 +121,8 @@ def voc(tmp_path_factory):
 
 def stage_args(voc, out_dir, **extra):
     args = {"voc12_root": voc.root, "train_list": "train_aug", "cam_out_dir": voc.cam, "ir_label_out_dir": out_dir}
-    args.update(conf_fg_thres=0.30, conf_bg_thres=0.17, ir_label_palette="voc", rank=0, world=1, num_workers=0)
+    args.update(conf_fg_thres=0.30, conf_bg_thres=0.17, crf_scale=1.0, ir_label_palette="voc", rank=0, world=1)
+    args.update(num_workers=0)
     return types.SimpleNamespace(**{**args, "no_progress": True, **extra})
 
 
@@ -128,6 +145,17 @@ def test_stage_writes_each_label_once_and_atomically(voc, tmp_path):
         name: stamp for name, stamp in stamps.items() if name != names[1]
     }
     assert sorted(os.listdir(out)) == names
+
+
+def test_a_folder_of_labels_made_otherwise_is_refused(voc, tmp_path):
+    out = tmp_path / "ir"
+    cam_to_ir_label.run(stage_args(voc, out))
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    for change in ({"conf_bg_thres": 0.05}, {"crf_scale": 0.2}, {"cam_out_dir": tmp_path}):
+        with pytest.raises(OutputError, match=r"ir holds files made with .*'conf_bg_thres': 0\.17.*another --ir_label"):
+            cam_to_ir_label.run(stage_args(voc, out, **change))
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    assert cam_to_ir_label.run(stage_args(voc, out)) == 0  # the same settings: done already
 
 
 def test_shards_make_every_label_once(voc, tmp_path):

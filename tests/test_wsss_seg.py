@@ -171,7 +171,7 @@ def test_eval_seg_writes_every_val_id_and_scores_them_as_eval_sem_seg(trained, c
     run_sample.main([*trained.argv, "--stages", "eval_seg"])  # all there: scored again, nothing predicted
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == stamps
     assert "mIoU" in capsys.readouterr().out
-    with pytest.raises(OutputError, match=r"seg holds predictions made with .*'scales': \[1.0, 0.5\]"):
+    with pytest.raises(OutputError, match=r"seg holds files made with .*'scales': \[1.0, 0.5\]"):
         run_sample.main([*trained.argv, "--stages", "eval_seg", "--seg_scales", "1"])
 
 

@@ -22,8 +22,13 @@ IRN writes it: IRN's later stages read it with imageio, which turns a colour pal
 into RGB colours, not indices. ``--ir_label_palette voc`` writes a palette PNG with VOC's
 colours instead, for viewing; PIL and our stages read both as the same indices.
 
+The CRF's kernel widths are IRN's, in pixels of VOC's photos; ``--crf_scale`` scales them
+for smaller images (0.2 on the synthetic set: at IRN's 50 px the appearance kernel spans a
+whole 80 px image and pulls the seeds' weak parts of a body to the background).
+
 Ids whose PNG exists are skipped, and each PNG is written under a temporary name and then
-renamed, so a crashed run is finished by running it again. Under torchrun every process
+renamed, so a crashed run is finished by running it again; the folder records the settings
+its labels were made with and refuses others. Under torchrun every process
 does every world-th id; within a process, ``--num_workers`` loader processes share the CRFs
 (CPU work, about a second per VOC image).
 """
@@ -43,7 +48,7 @@ from pydensecrf.utils import unary_from_labels
 from tqdm import tqdm
 
 from bas.engine import gather_objects
-from bas.errors import DatasetError, require_unit_interval
+from bas.errors import DatasetError, require_positive, require_unit_interval
 from bas.outputs import replace_atomic
 from WSOL.datasets import load_rgb
 from WSSS import datasets
@@ -85,6 +90,14 @@ def add_arguments(parser: argparse.ArgumentParser, add) -> None:
     )
     add(
         group,
+        "crf_scale",
+        type=float,
+        help="times the dense CRFs' kernel widths in pixels (IRN's 3 and 50 px here, DeepLab's 1 and 67 px in "
+        "eval_seg --seg_crf), which are set for VOC's photos of about 500 x 375 px; default 1 (IRN's), 0.2 on "
+        "the synthetic set, whose images are 64-96 px a side",
+    )
+    add(
+        group,
         "ir_label_out_dir",
         help="the IR labels, one <id>.png per image of --train_list (default result/ir_label; "
         "result_synthetic/ir_label on the synthetic set)",
@@ -100,33 +113,39 @@ def add_arguments(parser: argparse.ArgumentParser, add) -> None:
 
 
 # ------------------------------------------------------------------------------- labels
-def dense_crf(image: np.ndarray, unary: np.ndarray, smooth: dict, appearance: dict, iterations: int) -> np.ndarray:
+def dense_crf(
+    image: np.ndarray, unary: np.ndarray, smooth: dict, appearance: dict, iterations: int, scale: float = 1.0
+) -> np.ndarray:
     """Mean-field marginals of a dense CRF on an image (pydensecrf): H x W x 3 uint8 (RGB),
     L x (H * W) float32 unary energies, the two kernels' parameters -> L x H x W float32.
+    ``scale`` multiplies both kernels' widths in pixels (``sxy``), which are set for VOC's
+    photos, so that a kernel reaches as far across a smaller image.
     Shared by IRN's CRF of hard labels here and DeepLab's of probabilities (WSSS.segmentation)."""
     height, width = image.shape[:2]
     crf = dcrf.DenseCRF2D(width, height, len(unary))
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    crf.addPairwiseGaussian(**smooth)
+    crf.addPairwiseGaussian(**{**smooth, "sxy": smooth["sxy"] * scale})
     rgb = np.array(image, dtype=np.uint8, order="C")  # a writable copy: pydensecrf takes no read-only buffer
-    crf.addPairwiseBilateral(rgbim=rgb, **appearance)
+    crf.addPairwiseBilateral(rgbim=rgb, **{**appearance, "sxy": appearance["sxy"] * scale})
     return np.asarray(crf.inference(iterations)).reshape(len(unary), height, width)
 
 
-def crf_labels(image: np.ndarray, labels: np.ndarray, num_labels: int) -> np.ndarray:
+def crf_labels(image: np.ndarray, labels: np.ndarray, num_labels: int, scale: float = 1.0) -> np.ndarray:
     """IRN's CRF of hard labels on an image: H x W x 3 uint8 (RGB), H x W labels in
     [0, num_labels) -> H x W int64 refined labels (the first of equal marginals)."""
     unary = unary_from_labels(labels, num_labels, gt_prob=CRF_GT_PROB, zero_unsure=False)
-    return dense_crf(image, unary, CRF_SMOOTH, CRF_APPEARANCE, CRF_ITERATIONS).argmax(axis=0)
+    return dense_crf(image, unary, CRF_SMOOTH, CRF_APPEARANCE, CRF_ITERATIONS, scale).argmax(axis=0)
 
 
-def confident_labels(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, threshold: float) -> np.ndarray:
+def confident_labels(
+    image: np.ndarray, cams: np.ndarray, keys: np.ndarray, threshold: float, scale: float = 1.0
+) -> np.ndarray:
     """The classes of a seed with the background plane ``threshold`` in front (argmax: the
     first max wins, so a score equal to it is background), refined by the CRF.
     cams: K x H x W, keys: K (0-based) -> H x W int64, 0 background and key + 1."""
     plane = np.full((1, *cams.shape[1:]), threshold, dtype=cams.dtype)  # t in the maps' dtype, as np.pad casts it
     labels = np.concatenate([plane, cams]).argmax(axis=0)  # H x W in [0, K]
-    return np.concatenate([[0], keys + 1])[crf_labels(image, labels, len(keys) + 1)]
+    return np.concatenate([[0], keys + 1])[crf_labels(image, labels, len(keys) + 1, scale)]
 
 
 def combine(fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
@@ -135,12 +154,17 @@ def combine(fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
     return np.where(fg > 0, fg, np.where(bg > 0, IGNORE, 0)).astype(np.uint8)
 
 
-def ir_label(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, fg_thres: float, bg_thres: float) -> np.ndarray:
+def ir_label(
+    image: np.ndarray, cams: np.ndarray, keys: np.ndarray, fg_thres: float, bg_thres: float, crf_scale: float = 1.0
+) -> np.ndarray:
     """The IR label of one image: H x W x 3 uint8 image, K x H x W seed maps of the classes
     ``keys`` (K) -> H x W uint8. A seed without classes is background everywhere."""
     if len(keys) == 0:  # IRN's CRF of one label gives the same, with a division by zero
         return np.zeros(cams.shape[1:], np.uint8)
-    return combine(confident_labels(image, cams, keys, fg_thres), confident_labels(image, cams, keys, bg_thres))
+    return combine(
+        confident_labels(image, cams, keys, fg_thres, crf_scale),
+        confident_labels(image, cams, keys, bg_thres, crf_scale),
+    )
 
 
 def save_label_png(labels: np.ndarray, path: Path, palette: str = "gray") -> None:
@@ -163,10 +187,17 @@ class IrLabelJobs(torch.utils.data.Dataset):
     per-image work is CPU work (two CRFs), which a data loader's workers share."""
 
     def __init__(
-        self, samples: list[Sample], cam_dir: Path, out_dir: Path, fg_thres: float, bg_thres: float, palette: str
+        self,
+        samples: list[Sample],
+        cam_dir: Path,
+        out_dir: Path,
+        fg_thres: float,
+        bg_thres: float,
+        palette: str,
+        crf_scale: float = 1.0,
     ):
         self.samples, self.cam_dir, self.out_dir = samples, Path(cam_dir), Path(out_dir)
-        self.fg_thres, self.bg_thres, self.palette = fg_thres, bg_thres, palette
+        self.fg_thres, self.bg_thres, self.palette, self.crf_scale = fg_thres, bg_thres, palette, crf_scale
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -181,7 +212,7 @@ class IrLabelJobs(torch.utils.data.Dataset):
                 f"{seed}: maps {tuple(cams.shape)} for {len(keys)} classes do not fit the image "
                 f"{sample.path} ({image.shape[0]} x {image.shape[1]}); make the seeds again (stage make_cam)"
             )
-        labels = ir_label(image, cams, keys, self.fg_thres, self.bg_thres)
+        labels = ir_label(image, cams, keys, self.fg_thres, self.bg_thres, self.crf_scale)
         save_label_png(labels, self.out_dir / f"{sample.image_id}.png", self.palette)
         return sample.image_id
 
@@ -223,11 +254,25 @@ def run(args: argparse.Namespace) -> int:
     ``args.ir_label_out_dir``; returns how many were written."""
     require_unit_interval("--conf_fg_thres", args.conf_fg_thres)
     require_unit_interval("--conf_bg_thres", args.conf_bg_thres)
+    require_positive("--crf_scale", args.crf_scale)
     samples = datasets.pipeline_data(args).samples(args.train_list)
     out_dir = Path(args.ir_label_out_dir)
-    claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --ir_label_out_dir")
+    settings = {
+        "seeds": str(Path(args.cam_out_dir).resolve()),
+        "conf_fg_thres": args.conf_fg_thres,
+        "conf_bg_thres": args.conf_bg_thres,
+        "crf_scale": args.crf_scale,
+        "palette": args.ir_label_palette,
+    }
+    claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --ir_label_out_dir", settings)
     jobs = IrLabelJobs(
-        samples, Path(args.cam_out_dir), out_dir, args.conf_fg_thres, args.conf_bg_thres, args.ir_label_palette
+        samples,
+        Path(args.cam_out_dir),
+        out_dir,
+        args.conf_fg_thres,
+        args.conf_bg_thres,
+        args.ir_label_palette,
+        args.crf_scale,
     )
     written = make_ir_labels(
         jobs,

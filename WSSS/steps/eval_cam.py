@@ -25,8 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from bas.engine import gather_objects
-from bas.errors import DatasetError, UserError
-from bas.outputs import claim, write_text_atomic
+from bas.errors import DatasetError, OutputError, UserError
+from bas.outputs import claim, read_marker, write_text_atomic
 from WSSS import datasets, metrics
 
 log = logging.getLogger(__name__)
@@ -135,13 +135,20 @@ def print_report(report: dict) -> None:
         print(f"  {name:<14} {shown(value, 6, 2)}")
 
 
-def claim_output(folder: Path, kind: str, rank: int, hint: str = "") -> None:
+def claim_output(folder: Path, kind: str, rank: int, hint: str = "", settings: dict | None = None) -> None:
     """Rank 0 claims ``folder`` for ``kind`` (``bas.outputs.claim``) before any work; when
-    it may not, every process stops with its message, so that none waits for the others."""
+    it may not, every process stops with its message, so that none waits for the others.
+    ``settings``, the choices its per-image files are made with, are recorded in the
+    folder's marker: a folder of files made otherwise is refused, since a re-run only adds
+    the missing files and would mix the two."""
     error = None
     if rank == 0:
         try:
-            claim(folder, kind, hint)
+            marker = read_marker(folder) or {}
+            recorded = marker.get("settings") if marker.get("kind") == kind else None
+            if settings is not None and recorded is not None and recorded != settings:
+                raise OutputError(f"{folder} holds files made with {recorded}, not {settings}: remove it or {hint}")
+            claim(folder, kind, hint, **({} if settings is None else {"settings": settings}))
         except UserError as caught:
             error = caught
     error = gather_objects(error)[0]

@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bas.engine import first_on_rank_zero, gather_objects
-from bas.errors import CheckpointError, OutputError, require_positive
-from bas.outputs import claim, read_marker
+from bas.engine import gather_objects
+from bas.errors import CheckpointError, require_positive
 from WSSS import datasets
 from WSSS.segmentation import crf_refine, predict
 from WSSS.steps import eval_sem_seg
 from WSSS.steps.cam_to_ir_label import PALETTES, save_label_png
+from WSSS.steps.eval_cam import claim_output
 from WSSS.steps.train_seg import load_segmentation_model
 
 log = logging.getLogger(__name__)
@@ -84,37 +84,20 @@ def add_arguments(parser: argparse.ArgumentParser, add) -> None:
     )
 
 
-def claim_predictions(folder: Path, settings: dict, rank: int) -> None:
-    """Rank 0 claims ``folder`` for predictions made with ``settings``, recorded in its
-    marker; a folder of predictions made otherwise stops every process with one line."""
-
-    def work() -> None:
-        if rank > 0:
-            return
-        recorded = (read_marker(folder) or {}).get("settings")
-        if recorded is not None and recorded != settings:
-            raise OutputError(
-                f"{folder} holds predictions made with {recorded}, not {settings}: remove it or choose another "
-                "--seg_out_dir"
-            )
-        claim(folder, OUTPUT_KIND, "choose another --seg_out_dir", settings=settings)
-
-    first_on_rank_zero(work)
-
-
 def predict_folder(
     model: torch.nn.Module,
     images: datasets.MultiScaleSet,
     out_dir: Path,
     palette: str,
-    crf: bool,
+    crf_scale: float | None,
     rank: int = 0,
     world: int = 1,
     workers: int = 0,
     progress: bool = False,
 ) -> int:
     """Writes ``<out_dir>/<id>.png`` of this process's share of ``images`` (every world-th)
-    whose PNG is missing; returns how many PNGs all processes wrote (and waits for all)."""
+    whose PNG is missing; returns how many PNGs all processes wrote (and waits for all).
+    ``crf_scale``: refined by DeepLab's CRF with its widths times this; None: no CRF."""
     mine = [i for i in range(rank, len(images), world) if not (out_dir / f"{images.ids[i]}.png").exists()]
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(
@@ -122,9 +105,9 @@ def predict_folder(
     )
     for index, item in zip(mine, tqdm(loader, total=len(mine), desc="eval_seg", disable=not progress)):
         probs = predict(model, item.images, item.size)  # C x H x W
-        if crf:
+        if crf_scale is not None:
             image = np.asarray(datasets.load_rgb(images.samples[index].path))  # H x W x 3
-            labels = crf_refine(image, probs.cpu().numpy()).argmax(0)
+            labels = crf_refine(image, probs.cpu().numpy(), crf_scale).argmax(0)
         else:
             labels = probs.argmax(0).cpu().numpy()
         save_label_png(labels.astype(np.uint8), out_dir / f"{item.image_id}.png", palette)
@@ -153,14 +136,17 @@ def run(args: argparse.Namespace) -> dict:
         )
     weights = Path(args.seg_weights_name).resolve()  # and when it was written: a net trained again is another net
     settings = {"weights": str(weights), "written": weights.stat().st_mtime_ns, "scales": list(scales)}
+    crf_scale = args.crf_scale if args.seg_crf else None
     settings["crf"] = args.seg_crf
-    claim_predictions(out_dir, settings, args.rank)
+    if args.seg_crf:
+        settings["crf_scale"] = args.crf_scale
+    claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --seg_out_dir", settings)
     written = predict_folder(
         model,
         datasets.MultiScaleSet(samples, scales),
         folder,
         palette,
-        args.seg_crf,
+        crf_scale,
         args.rank,
         args.world,
         args.num_workers,

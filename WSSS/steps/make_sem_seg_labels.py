@@ -142,13 +142,16 @@ def run(args: argparse.Namespace) -> int:
     samples = datasets.pipeline_data(args).samples(args.infer_list)
     irn, info = load_irn(args.irn_weights_name)
     out_dir = Path(args.sem_seg_out_dir)
-    claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --sem_seg_out_dir")
     options = {
         "bg_thres": args.sem_seg_bg_thres,
         "power": args.sem_seg_power,
         "beta": args.beta,
         "exp_times": args.exp_times,
     }
+    weights = Path(args.irn_weights_name).resolve()  # and when it was written: an IRN trained again is another
+    settings = {"seeds": str(Path(args.cam_out_dir).resolve()), "irn": str(weights), **options}
+    settings["irn_written"] = weights.stat().st_mtime_ns
+    claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --sem_seg_out_dir", settings)
     written = make_pseudo_masks(
         irn,
         info["crop_size"],
