@@ -248,15 +248,17 @@ class TrainingRun:
         record: dict,
         **extra,
     ) -> None:
-        """Rank 0 rewrites ``last.pth`` atomically (model, optimizer, scaler, the number of
-        epochs done, and ``extra``), appends ``record`` to the log, redraws the log's curves
-        and, with TensorBoard, logs the record's numbers at step ``epoch``."""
+        """Rank 0 appends ``record`` to the log, rewrites ``last.pth`` atomically (model,
+        optimizer, scaler, the number of epochs done, and ``extra``), redraws the log's curves
+        and, with TensorBoard, logs the record's numbers at step ``epoch``. The log line comes
+        first: a crash between the two leaves a line the resumed run drops and writes again,
+        never a checkpoint whose epoch has no line."""
         if not self.main:
             return
         self.claim()
+        self.history.write(record)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}
         save_atomic({**state, "epoch": epoch, **extra}, self.last)
-        self.history.write(record)
         draw_curves(self.history.path)
         if self._summary_writer is not None:
             if self._board is None:

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bas.engine import JsonLines, SeededItems, ShuffledShards, param_groups, set_step_lr, sgd
 from bas.errors import UserError
+from bas.training import TrainingRun
 
 
 class RandomDraws(Dataset):
@@ -106,3 +107,30 @@ def test_a_broken_log_line_is_named(tmp_path):
     path.write_text('{"epoch": 1}\n{"epoch": 2, "lo\n')
     with pytest.raises(UserError, match=r"log\.jsonl, line 2: not a JSON line"):
         JsonLines(path).records()
+
+
+@pytest.mark.parametrize("crashing", ["checkpoint", "log line"])
+def test_a_crash_while_saving_an_epoch_loses_no_log_line(tmp_path, monkeypatch, crashing):
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    run = TrainingRun(tmp_path, "test-run", 1, 0, "cpu", progress=False)
+    run.save(model, optimizer, scaler, 1, {"epoch": 1, "lr": 0.1, "train": {"loss": 1.0}})
+
+    def crash(*_):
+        raise KeyboardInterrupt  # interrupted while epoch 2 is saved
+
+    if crashing == "checkpoint":
+        monkeypatch.setattr(torch, "save", crash)
+    else:
+        monkeypatch.setattr(JsonLines, "write", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run.save(model, optimizer, scaler, 2, {"epoch": 2, "lr": 0.1, "train": {"loss": 0.5}})
+    monkeypatch.undo()
+    run.close()
+
+    resumed = TrainingRun(tmp_path, "test-run", 1, 0, "cpu", progress=False)
+    done = resumed.resume(model, optimizer, scaler)["epoch"]
+    resumed.claim()
+    assert [record["epoch"] for record in resumed.history.records()] == list(range(1, done + 1))
+    resumed.close()

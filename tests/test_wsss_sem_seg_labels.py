@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from test_wsss_randomwalk import dense_random_walk
 
-from bas.errors import DatasetError
+from bas.errors import DatasetError, OutputError
 from WSSS import datasets
 from WSSS.irn import build_irn
 from WSSS.steps.make_sem_seg_labels import make_pseudo_masks, pseudo_mask, run
@@ -113,6 +113,14 @@ def test_stage_writes_a_mask_per_image_and_skips_existing(voc, tmp_path):
     (masks / f"{ids[1]}.png").unlink()
     assert run(stage_args(voc, tmp_path)) == 1
     assert (masks / f"{ids[0]}.png").read_bytes() == kept
+    # Another walk, or an IRN trained again, would mix two kinds of masks in one folder.
+    with pytest.raises(OutputError, match=r"masks holds files made with .*'exp_times': 3.*another --sem_seg_out_dir"):
+        run(stage_args(voc, tmp_path, exp_times=4))
+    irn = tmp_path / "irn.pth"
+    os.utime(irn, ns=(irn.stat().st_atime_ns, irn.stat().st_mtime_ns + 10**9))
+    with pytest.raises(OutputError, match=r"'irn_written'"):
+        run(stage_args(voc, tmp_path))
+    assert sorted(os.listdir(masks)) == sorted([".bas-output.json"] + [f"{i}.png" for i in ids])
 
 
 def test_a_seed_of_another_size_is_named(voc, tmp_path):
