@@ -69,6 +69,13 @@ def claim(folder: str | Path, kind: str, hint: str = "", **details) -> Path:
     return folder
 
 
+def input_stamp(path: str | Path) -> dict:
+    """A file outputs are made from, as a folder's marker records it (``claim``'s details):
+    its path and when it was written, so that weights trained again count as other weights."""
+    path = Path(path).resolve()
+    return {"path": str(path), "written": path.stat().st_mtime_ns}
+
+
 def build_folder(folder: str | Path, kind: str, write: Callable[[Path], None], hint: str = "", **details) -> Path:
     """Write a whole folder: ``write(tmp)`` fills a fresh temporary sibling, which is then
     renamed into place, so that an interrupted build never leaves a half-written folder

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bas.errors import OutputError
 from WSSS import run_sample, train_bas
 from WSSS.irn import build_irn
 from WSSS.synthetic import make_synthetic_voc
@@ -54,6 +55,9 @@ def test_seeds_of_every_net_are_made_scored_and_not_made_twice(trained, capsys):
         assert report["images"] == 12 and 0 <= report["best_miou"] <= 100
     before = {name: snapshot(folder / name) for name in ("result", "sess")}
     run_sample.main([*argv, "make_cam", "--seed_nets", "bas", "cam", "bas+cam"])  # everything exists: a no-op
+    assert {name: snapshot(folder / name) for name in ("result", "sess")} == before
+    with pytest.raises(OutputError, match=r"cam_bas_only holds files made with .*'scales'.*another --cam_out_dir"):
+        run_sample.main([*argv, "make_cam", "--seed_nets", "bas", "--cam_scales", "0.75"])  # would mix two kinds
     assert {name: snapshot(folder / name) for name in ("result", "sess")} == before
 
 

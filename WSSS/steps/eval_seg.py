@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from bas.engine import gather_objects
 from bas.errors import CheckpointError, require_positive
+from bas.outputs import input_stamp
 from WSSS import datasets
 from WSSS.segmentation import crf_refine, predict
 from WSSS.steps import eval_sem_seg
@@ -134,8 +135,7 @@ def run(args: argparse.Namespace) -> dict:
             f"{args.seg_weights_name}: a net of {info['num_classes']} outputs, but {root} has {len(data.classes)} "
             "classes and the background"
         )
-    weights = Path(args.seg_weights_name).resolve()  # and when it was written: a net trained again is another net
-    settings = {"weights": str(weights), "written": weights.stat().st_mtime_ns, "scales": list(scales)}
+    settings = {"weights": input_stamp(args.seg_weights_name), "scales": list(scales)}
     crf_scale = args.crf_scale if args.seg_crf else None
     settings["crf"] = args.seg_crf
     if args.seg_crf:

@@ -14,7 +14,8 @@ Several seed variants (``--seed_nets bas+cam bas cam``) are made in one pass: ea
 once per image, and every variant's file is composed from its nets' maps.
 
 Ids whose files exist are skipped, and each file is written under a temporary name and
-then renamed, so a crashed run is finished by running it again. Under torchrun every
+then renamed, so a crashed run is finished by running it again; a folder records the
+weights (path and time written) and scales its seeds come from, and refuses others. Under torchrun every
 process does every world-th id; the files do not depend on the number of processes.
 """
 
@@ -34,7 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from bas.engine import gather_objects, read_checkpoint
-from bas.outputs import replace_atomic
+from bas.outputs import input_stamp, replace_atomic
 from WSSS import datasets
 from WSSS.datasets import MultiScaleItem
 from WSSS.models import build_model, load_checkpoint
@@ -158,13 +159,17 @@ def make_seeds(
     return {variant: sum(counts[variant] for counts in gather_objects(written)) for variant in out_dirs}
 
 
+def weights_file(path: str) -> str:
+    """``path``, or ``path`` + .pth when only that exists: IRN's train_cam saves its CAM net
+    as ``<name>.pth`` (its default name res50_cam.pth gives res50_cam.pth.pth), which its
+    make_cam reads."""
+    return path + ".pth" if not os.path.exists(path) and os.path.exists(path + ".pth") else path
+
+
 def load_net(method: str, path: str, num_classes: int, arch: str | None) -> nn.Module:
-    """A net of ``method`` with the weights of ``path``: ours, the original BAS release, or
-    IRN's CAM net, which IRN's train_cam saves as ``<name>.pth`` (its default name
-    res50_cam.pth gives res50_cam.pth.pth, which its make_cam reads): that file is taken
-    when ``path`` itself is absent. The arch is ``arch``, else the checkpoint's, else ResNet50."""
-    if not os.path.exists(path) and os.path.exists(path + ".pth"):
-        path = path + ".pth"
+    """A net of ``method`` with the weights of ``path`` (``weights_file``): ours, the original
+    BAS release, or IRN's CAM net. The arch is ``arch``, else the checkpoint's, else ResNet50."""
+    path = weights_file(path)
     checkpoint = read_checkpoint(path)
     net = build_model(method, num_classes, arch=arch or checkpoint.get("arch", "resnet50"))
     load_checkpoint(net, checkpoint)
@@ -182,8 +187,10 @@ def run(args: argparse.Namespace) -> dict[str, int]:
     needed = sorted({name for variant in args.seed_nets for name in variant.split("+")})
     nets = {name: load_net(name, weights[name], num_classes, args.arch) for name in needed}
     out_dirs = {variant: seed_folder(args.cam_out_dir, variant) for variant in args.seed_nets}
-    for folder in out_dirs.values():
-        claim_output(folder, OUTPUT_KIND, args.rank, "choose another --cam_out_dir")
+    for variant, folder in out_dirs.items():
+        made_of = {name: input_stamp(weights_file(weights[name])) for name in variant.split("+")}
+        settings = {"nets": made_of, "scales": list(args.cam_scales)}
+        claim_output(folder, OUTPUT_KIND, args.rank, "choose another --cam_out_dir", settings)
     written = make_seeds(
         nets,
         datasets.MultiScaleSet(samples, args.cam_scales),

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from bas.engine import gather_objects
 from bas.errors import DatasetError, require_positive, require_unit_interval
+from bas.outputs import input_stamp
 from WSSS import datasets
 from WSSS.irn import IRN, load_irn
 from WSSS.randomwalk import propagate
@@ -148,9 +149,7 @@ def run(args: argparse.Namespace) -> int:
         "beta": args.beta,
         "exp_times": args.exp_times,
     }
-    weights = Path(args.irn_weights_name).resolve()  # and when it was written: an IRN trained again is another
-    settings = {"seeds": str(Path(args.cam_out_dir).resolve()), "irn": str(weights), **options}
-    settings["irn_written"] = weights.stat().st_mtime_ns
+    settings = {"seeds": str(Path(args.cam_out_dir).resolve()), "irn": input_stamp(args.irn_weights_name), **options}
     claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --sem_seg_out_dir", settings)
     written = make_pseudo_masks(
         irn,
