@@ -86,12 +86,12 @@ SYNTHETIC_DEFAULTS = {
     "seg_weights_name": "sess_synthetic/seg_tiny.pth",
     "seg_out_dir": "result_synthetic/seg",
     # The walk's reach scaled to the demo's maps (16-24 cells a side at stride 4, VOC's ~94 x 128):
-    # 8 steps; the 256 of VOC flood these maps (pseudo masks of BAS's seeds: 70.4 mIoU at 8 steps,
-    # 52.2 at 256; the seeds 54.9).
+    # 8 steps; the 256 of VOC flood these maps (seed 0's pseudo masks, BAS / CAM seeds: 72.7 / 64.3
+    # mIoU at 8 steps, 47.1 / 49.2 at 256; the seeds 54.9 / 45.6).
     "exp_times": 3,
     # The CRFs' kernel widths scaled to the demo's 64-96 px images (VOC's photos are about
     # 500 x 375): at IRN's 50 px the appearance kernel spans the image and takes the seeds' weak
-    # parts of a body for background (pseudo masks of seed 0's CAM seeds: 37.1 at 1, 64.2 at 0.2).
+    # parts of a body for background (seed 0's pseudo masks of CAM seeds: 37.1 at 1, 64.3 at 0.2).
     "crf_scale": 0.2,
 }
 # And the original's, on VOC.
