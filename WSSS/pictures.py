@@ -10,6 +10,7 @@ plane at the variant's best threshold.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from PIL import Image
 from bas.outputs import claim
 from bas.viz import save_rgb, strip
 from WSSS import datasets
-from WSSS.steps.eval_cam import read_seed
+from WSSS.steps.eval_cam import read_seed, report_path
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,20 @@ def read_png(path: Path) -> np.ndarray | None:
     return np.asarray(Image.open(path)) if path.is_file() else None
 
 
-def save_strips(args: argparse.Namespace, variants: dict[str, argparse.Namespace], thresholds: dict, count: int) -> int:
+def scored_threshold(flags: argparse.Namespace) -> float:
+    """The best threshold of the variant's seeds in eval_cam's report on disk (an earlier
+    run's), else DEFAULT_THRESHOLD."""
+    try:
+        return float(json.loads(report_path(flags).read_text())["best_threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_THRESHOLD
+
+
+def save_strips(args: argparse.Namespace, variants: dict[str, argparse.Namespace], count: int) -> int:
     """Strips of the first ``count`` ids of ``args.chainer_eval_set`` for each variant (its
     flags, as run_sample.variant_args gives them) into ``args.images_out_dir``, named
-    <id>_<variant>.png; ``thresholds``: each variant's best seed threshold. Returns how
-    many were written."""
+    <id>_<variant>.png, the seeds at their best threshold as eval_cam's report gives it.
+    Returns how many were written."""
     # Imported here: the segmentation stage's module loads torchvision's segmentation models.
     from WSSS.segmentation import predict
     from WSSS.steps.train_seg import load_segmentation_model
@@ -70,7 +80,7 @@ def save_strips(args: argparse.Namespace, variants: dict[str, argparse.Namespace
             panels = [("image", image)]
             seed = Path(flags.cam_out_dir) / f"{sample.image_id}.npy"
             if seed.is_file():
-                threshold = thresholds.get(nets, DEFAULT_THRESHOLD)
+                threshold = scored_threshold(flags)
                 panels.append((f"seeds {nets} ({threshold:.2f})", colour(seed_labels(seed, threshold))))
             for caption, folder in (("IR labels", flags.ir_label_out_dir), ("pseudo mask", flags.sem_seg_out_dir)):
                 labels = read_png(Path(folder) / f"{sample.image_id}.png")

@@ -369,8 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.rank == 0 and args.save_images > 0:
             refined = any(stage in PER_VARIANT[1:] for stage in stages)  # a stage after eval_cam
             variants = {nets: variant_args(args, nets) for nets in (args.refine_nets if refined else args.seed_nets)}
-            thresholds = {nets: report["best_threshold"] for nets, report in reports.get("eval_cam", {}).items()}
-            save_strips(args, variants, thresholds, args.save_images)
+            save_strips(args, variants, args.save_images)
     finally:
         finish_distributed()
 

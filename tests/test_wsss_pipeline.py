@@ -2,6 +2,7 @@
 seeds made from BAS, CAM and both, scored; a re-run does nothing; two processes write the
 same seed files as one."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -14,6 +15,8 @@ import torch
 from bas.errors import OutputError
 from WSSS import run_sample, train_bas
 from WSSS.irn import build_irn
+from WSSS.pictures import DEFAULT_THRESHOLD, scored_threshold
+from WSSS.steps.eval_cam import report_path
 from WSSS.synthetic import make_synthetic_voc
 
 WSSS = Path(__file__).resolve().parents[1] / "WSSS"
@@ -133,3 +136,15 @@ def test_every_stage_for_two_seed_variants_then_nothing_twice(trained, tmp_path,
     before = snapshot(tmp_path)
     run_sample.main([arg for arg in argv if arg not in ("--save_images", "2")])
     assert snapshot(tmp_path) == before
+
+
+def test_strips_show_the_seeds_at_the_threshold_eval_cam_reported(tmp_path):
+    """A strips-only run (eval_cam not among its stages) reads the best threshold from the
+    report an earlier run left beside the seeds."""
+    flags = argparse.Namespace(cam_out_dir=str(tmp_path / "cam"), cam_eval_out_dir=None, chainer_eval_set="train")
+    assert scored_threshold(flags) == DEFAULT_THRESHOLD  # never scored
+    path = report_path(flags)
+    assert path == tmp_path / "cam_eval" / "eval_cam_train.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"best_threshold": 0.31}))
+    assert scored_threshold(flags) == 0.31

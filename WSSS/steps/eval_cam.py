@@ -166,6 +166,12 @@ def output_folder(inputs: str | Path, chosen: str | None) -> Path:
     return scored.with_name(f"{scored.name}_eval")
 
 
+def report_path(args: argparse.Namespace) -> Path:
+    """Where the report on ``args.cam_out_dir``'s seeds on ``args.chainer_eval_set`` goes."""
+    out_dir = output_folder(args.cam_out_dir, args.cam_eval_out_dir)
+    return out_dir / f"eval_cam_{Path(args.chainer_eval_set).stem}.json"
+
+
 def run(args: argparse.Namespace) -> dict:
     """Scores ``args.cam_out_dir`` on ``args.chainer_eval_set``, at ``args.cam_eval_thres``
     (a list) or the original's sweep; each process scores every world-th id and every
@@ -173,8 +179,8 @@ def run(args: argparse.Namespace) -> dict:
     thresholds = sorted(args.cam_eval_thres or metrics.SWEEP)
     masks = datasets.pipeline_data(args).masks(args.chainer_eval_set)
     classes = datasets.pipeline_data(args).classes
-    out_dir = output_folder(args.cam_out_dir, args.cam_eval_out_dir)
-    claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --cam_eval_out_dir")
+    path = report_path(args)
+    claim_output(path.parent, OUTPUT_KIND, args.rank, "choose another --cam_eval_out_dir")
     local = score_seeds(
         args.cam_out_dir,
         masks,
@@ -188,7 +194,6 @@ def run(args: argparse.Namespace) -> dict:
     report.update(summarize(counts, thresholds, classes))
     if args.rank == 0:
         print_report(report)
-        path = out_dir / f"eval_cam_{Path(args.chainer_eval_set).stem}.json"
         write_text_atomic(path, json.dumps(report, indent=2) + "\n")
         log.info("eval_cam: report written to %s", path)
     return report
