@@ -35,6 +35,16 @@ log = logging.getLogger("train")
 RUN_KIND = "WSOL training run"  # what the output folder's marker says it holds
 
 
+# What a resumed run must share with the run it continues, or it would not repeat it; not
+# --epochs: the step schedule does not depend on it, so a run may be resumed to train longer.
+RESUME_KEYS = ("root", "arch", "method", "num_classes", "alpha", "beta", "lr", "decay_epoch", "batch_size")
+RESUME_KEYS += ("weight_decay", "momentum", "seed")
+
+
+def resume_settings(args: argparse.Namespace) -> dict:
+    return {key: getattr(args, key) for key in RESUME_KEYS}
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = script_parser(__doc__)
     group = parser.add_argument_group("method (defaults: the paper's, per dataset x arch)")
@@ -159,7 +169,7 @@ def train(args: argparse.Namespace) -> dict:
     best = {name: -1.0 for name in BEST_CHECKPOINTS}
     start_epoch = 0
     if args.resume:
-        resumed = run.resume(model, optimizer, scaler)
+        resumed = run.resume(model, optimizer, scaler, settings=resume_settings(args))
         start_epoch, best = resumed["epoch"], resumed.get("best", best)
     trained = run.distribute(model, args.compile)
 
@@ -184,7 +194,8 @@ def train(args: argparse.Namespace) -> dict:
                     if run.main:
                         save_atomic(checkpoint_for_release(model, args, epoch + 1, summary), args.output_dir / name)
 
-        run.save(model, optimizer, scaler, epoch + 1, record, best=best, args=jsonable_args(args))
+        saved = {"best": best, "settings": resume_settings(args), "args": jsonable_args(args)}
+        run.save(model, optimizer, scaler, epoch + 1, record, **saved)
         log.info("%s", wsol_epoch_line(record))
 
     if run.main:

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bas.engine import first_on_rank_zero, keyed_generator, poly_max_step, save_atomic, set_poly_lr, sgd
-from bas.errors import ArgumentError, CheckpointError, require_positive, run_main
+from bas.errors import ArgumentError, require_positive, run_main
 from bas.outputs import check_writable, write_text_atomic
 from bas.training import LossFunction, TrainingRun, add_tensorboard_flag, epoch_line, jsonable_args
 from WSOL.cli import add_speed_arguments
@@ -313,14 +313,8 @@ def poly_schedule(optimizer, args: argparse.Namespace, max_step: int, first_step
 RESUME_KEYS = ("method", "arch", "dataset", "epochs", "batch_size", "lr", "poly_steps_factor", "poly_power", "seed")
 
 
-def check_resumable(resumed: dict, args: argparse.Namespace, last: Path) -> None:
-    recorded = resumed.get("args", {})
-    for key in RESUME_KEYS:
-        if key in recorded and recorded[key] != getattr(args, key):
-            raise CheckpointError(
-                f"{last} was written with --{key.replace('_', '-')} {recorded[key]}, not {getattr(args, key)}: "
-                "resume with the same flags, or choose another --output-dir"
-            )
+def resume_settings(args: argparse.Namespace) -> dict:
+    return {key: getattr(args, key) for key in RESUME_KEYS}
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -375,9 +369,7 @@ def train(args: argparse.Namespace) -> dict:
     # ============ resume ============
     start_epoch = 0
     if args.resume:
-        resumed = run.resume(model, optimizer, scaler)
-        check_resumable(resumed, args, run.last)
-        start_epoch = resumed["epoch"]
+        start_epoch = run.resume(model, optimizer, scaler, settings=resume_settings(args))["epoch"]
     trained = run.distribute(model, args.compile)
 
     # ============ training loop ============
@@ -390,7 +382,7 @@ def train(args: argparse.Namespace) -> dict:
         )
         lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_multiplier"]  # the epoch's last step's
         record = {"epoch": epoch + 1, "lr": lr, "train": stats}
-        run.save(model, optimizer, scaler, epoch + 1, record, args=jsonable_args(args))
+        run.save(model, optimizer, scaler, epoch + 1, record, settings=resume_settings(args), args=jsonable_args(args))
         log.info("%s", epoch_line(record))
 
     # ============ the finished net ============

@@ -152,7 +152,8 @@ class TrainingRun:
         other entries (``epoch`` and whatever the script saved with it). Without one, the
         run starts afresh: ``{"epoch": 0}``. ``settings``: what a resumed run must share with
         the run it continues, or it would not repeat it (saved with ``save(..., settings=)``);
-        a checkpoint of other settings stops, naming the first that differs."""
+        a checkpoint of other settings stops, naming the first that differs. A setting the
+        checkpoint does not record (one written before the setting was) is not checked."""
         if not self.last.is_file():
             log.info("nothing to resume in %s: starting afresh", self.output_dir)
             return {"epoch": 0}
@@ -161,10 +162,10 @@ class TrainingRun:
         if missing:
             raise CheckpointError(f"{self.last}: not a checkpoint to resume from (no {', '.join(missing)})")
         recorded = checkpoint.get("settings", {})
-        for name in sorted(settings.keys() | recorded.keys()) if settings is not None else ():
-            if recorded.get(name) != settings.get(name):
+        for name in sorted(recorded.keys() & (settings or {}).keys()):
+            if recorded[name] != settings[name]:
                 raise CheckpointError(
-                    f"{self.last} was trained with {name} {recorded.get(name)}, not {settings.get(name)}: resume "
+                    f"{self.last} was trained with {name} {recorded[name]}, not {settings[name]}: resume "
                     "with the same flags, or remove it to start afresh"
                 )
         load_state_dict_checked(model, checkpoint["model"], str(self.last))

@@ -134,3 +134,17 @@ def test_a_crash_while_saving_an_epoch_loses_no_log_line(tmp_path, monkeypatch, 
     resumed.claim()
     assert [record["epoch"] for record in resumed.history.records()] == list(range(1, done + 1))
     resumed.close()
+
+
+def test_resume_checks_the_settings_the_checkpoint_records(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    run = TrainingRun(tmp_path, "test-run", 1, 0, "cpu", progress=False)
+    run.save(model, optimizer, scaler, 1, {"epoch": 1, "lr": 0.1, "train": {"loss": 1.0}}, settings={"lr": 0.1})
+    run.close()
+    with pytest.raises(UserError, match=r"last\.pth was trained with lr 0\.1, not 0\.2: resume with the same flags"):
+        TrainingRun(tmp_path, "test-run", 1, 0, "cpu").resume(model, optimizer, scaler, settings={"lr": 0.2})
+    # A setting added since the checkpoint was written is not held against it.
+    resumed = TrainingRun(tmp_path, "test-run", 1, 0, "cpu").resume(model, optimizer, scaler, {"lr": 0.1, "new": 3})
+    assert resumed["epoch"] == 1

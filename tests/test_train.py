@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from bas.errors import CheckpointError
 from WSOL import evaluator
 from WSOL.synthetic import make_synthetic
 from WSOL.train import fill_defaults, get_args_parser, train
@@ -78,6 +79,10 @@ def test_resumed_run_equals_uninterrupted(data_dir, tmp_path):
         assert torch.equal(value, parts["model"][name]), name
     logs = [(tmp_path / run / "log.jsonl").read_text().splitlines() for run in ("whole", "parts")]
     assert [json.loads(line)["test"] for line in logs[0]] == [json.loads(line)["test"] for line in logs[1]]
+    # Resumed with another schedule, it would repeat neither run: it stops before any epoch.
+    with pytest.raises(CheckpointError, match=r"last\.pth was trained with decay_epoch 2, not 1"):
+        run_train(data_dir, tmp_path / "parts", "--epochs", "4", "--decay-epoch", "1", "--resume")
+    assert torch.load(tmp_path / "parts" / "last.pth", weights_only=True)["epoch"] == 3
 
 
 def test_saved_maps_are_scored_without_a_model(data_dir, tmp_path):
