@@ -760,3 +760,31 @@ def test_run_sample_makes_and_scores_coco_seeds(coco, tmp_path):
     assert report["images"] == 3 and len(report["iou_at_best"]) == 81
     with pytest.raises(ArgumentError, match="exclude each other"):
         run_sample.main([*argv, "--voc12_root", str(tmp_path)])
+
+
+def test_run_sample_refines_coco_seeds_to_a_scored_segmentation_net(coco, tmp_path):
+    """Part 2 on a COCO root, every stage: IR labels, the IRN, pseudo masks and their
+    scores, a segmentation net of 81 outputs and its scores, all on val2014's three images."""
+    for method in ("bas", "cam"):
+        state = build_model(method, num_classes=80, arch="tiny").state_dict()
+        torch.save({"model": state}, tmp_path / f"{method}.pth")
+    argv = ["--coco_root", str(coco), "--all", "--train_list", "val", "--infer_list", "val", "--val_list", "val"]
+    argv += ["--chainer_eval_set", "val", "--arch", "tiny", "--cam_scales", "1", "--num_workers", "0", "--no_progress"]
+    argv += ["--bas_weights_name", str(tmp_path / "bas.pth"), "--cam_weights_name", str(tmp_path / "cam.pth")]
+    argv += ["--cam_out_dir", str(tmp_path / "seeds"), "--ir_label_out_dir", str(tmp_path / "ir")]
+    argv += ["--irn_weights_name", str(tmp_path / "sess" / "irn.pth"), "--sem_seg_out_dir", str(tmp_path / "masks")]
+    argv += ["--seg_weights_name", str(tmp_path / "sess" / "seg.pth"), "--seg_out_dir", str(tmp_path / "seg")]
+    argv += ["--irn_crop_size", "32", "--irn_batch_size", "2", "--irn_radius", "3", "--irn_num_epoches", "1"]
+    argv += ["--seg_arch", "lraspp_mobilenet_v3_large", "--seg_pretrained", "none", "--seg_crop_size", "32"]
+    argv += ["--seg_batch_size", "2", "--seg_num_epoches", "1", "--seg_scales", "1", "--exp_times", "1"]
+    run_sample.main(argv)
+    names = sorted(coco_name(i) for i in COCO_IMAGES)
+    for folder in ("ir", "masks", "seg"):
+        assert sorted(p.stem for p in (tmp_path / folder).glob("*.png")) == names, folder
+    for folder in ("ir", "masks", "seg"):  # class indices of the images' own categories (c + 1), 255 only unsure
+        labels = np.asarray(Image.open(tmp_path / folder / f"{coco_name(74)}.png"))
+        assert labels.shape == (H, W) and set(np.unique(labels)) <= {0, 1, 2, 17, *([255] if folder == "ir" else [])}
+    for report in ("masks_eval/eval_sem_seg_val.json", "seg_eval/eval_sem_seg_val.json"):
+        scores = json.loads((tmp_path / report).read_text())
+        assert scores["images"] == 3 and len(scores["iou"]) == 81
+    assert torch.load(tmp_path / "sess" / "seg.pth", weights_only=True)["num_classes"] == 81
