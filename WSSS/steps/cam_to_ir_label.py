@@ -45,14 +45,13 @@ import pydensecrf.densecrf as dcrf
 import torch
 from PIL import Image
 from pydensecrf.utils import unary_from_labels
-from tqdm import tqdm
 
-from bas.engine import gather_objects
 from bas.errors import DatasetError, require_positive, require_unit_interval
 from bas.outputs import replace_atomic
 from WSOL.datasets import load_rgb
 from WSSS import datasets
 from WSSS.datasets import IGNORE, Sample
+from WSSS.sharding import each_item, my_share, total
 from WSSS.steps.eval_cam import claim_output, read_seed
 
 log = logging.getLogger(__name__)
@@ -241,12 +240,10 @@ def make_ir_labels(
         return not (jobs.out_dir / f"{jobs.samples[index].image_id}.png").exists()
 
     check_seeds([sample for i, sample in enumerate(jobs.samples) if missing(i)], jobs.cam_dir, list_name)
-    mine = [i for i in range(rank, len(jobs), world) if missing(i)]  # shard first: others write meanwhile
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(jobs, mine), batch_size=None, num_workers=workers)
-    for _ in tqdm(loader, total=len(mine), desc="cam_to_ir_label", disable=not progress):
+    mine = my_share(len(jobs), rank, world, missing)
+    for _ in each_item(jobs, mine, workers, "cam_to_ir_label", progress):
         pass
-    # Summed over the processes; also waits for every process: the next stage reads all labels.
-    return sum(gather_objects(len(mine)))
+    return total(len(mine))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,13 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from bas.engine import gather_objects
 from bas.errors import CheckpointError, require_positive
 from bas.outputs import input_stamp
 from WSSS import datasets
 from WSSS.segmentation import crf_refine, predict
+from WSSS.sharding import each_item, my_share, total
 from WSSS.steps import eval_sem_seg
 from WSSS.steps.cam_to_ir_label import PALETTES, save_label_png
 from WSSS.steps.eval_cam import claim_output
@@ -99,12 +98,9 @@ def predict_folder(
     """Writes ``<out_dir>/<id>.png`` of this process's share of ``images`` (every world-th)
     whose PNG is missing; returns how many PNGs all processes wrote (and waits for all).
     ``crf_scale``: refined by DeepLab's CRF with its widths times this; None: no CRF."""
-    mine = [i for i in range(rank, len(images), world) if not (out_dir / f"{images.ids[i]}.png").exists()]
-    device = next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(images, mine), batch_size=None, num_workers=workers, pin_memory=device.type == "cuda"
-    )
-    for index, item in zip(mine, tqdm(loader, total=len(mine), desc="eval_seg", disable=not progress)):
+    mine = my_share(len(images), rank, world, lambda i: not (out_dir / f"{images.ids[i]}.png").exists())
+    cuda = next(model.parameters()).device.type == "cuda"
+    for index, item in each_item(images, mine, workers, "eval_seg", progress, pin_memory=cuda):
         probs = predict(model, item.images, item.size)  # C x H x W
         if crf_scale is not None:
             image = np.asarray(datasets.load_rgb(images.samples[index].path))  # H x W x 3
@@ -112,7 +108,7 @@ def predict_folder(
         else:
             labels = probs.argmax(0).cpu().numpy()
         save_label_png(labels.astype(np.uint8), out_dir / f"{item.image_id}.png", palette)
-    return sum(gather_objects(len(mine)))
+    return total(len(mine))
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -32,13 +32,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from bas.engine import gather_objects, read_checkpoint
 from bas.outputs import input_stamp, replace_atomic
 from WSSS import datasets
 from WSSS.datasets import MultiScaleItem
 from WSSS.models import build_model, load_checkpoint
+from WSSS.sharding import each_item, my_share
 from WSSS.steps.eval_cam import claim_output
 
 log = logging.getLogger(__name__)
@@ -141,17 +141,11 @@ def make_seeds(
     def missing(index: int) -> list[str]:
         return [v for v, folder in out_dirs.items() if not (folder / f"{dataset.ids[index]}.npy").exists()]
 
-    todo = {i: missing(i) for i in range(rank, len(dataset), world)}
-    todo = {i: variants for i, variants in todo.items() if variants}
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, list(todo)),
-        batch_size=None,  # one image at a time: its scales differ in size
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-    )
+    todo = {i: missing(i) for i in my_share(len(dataset), rank, world, lambda i: bool(missing(i)))}  # i -> variants
     for net in nets.values():
         net.to(device).eval()
-    for index, item in tqdm(zip(todo, loader), total=len(todo), desc="make_cam", disable=not progress):
+    pin = device.type == "cuda"
+    for index, item in each_item(dataset, list(todo), workers, "make_cam", progress, pin_memory=pin):
         for variant, seed in image_seeds(nets, todo[index], item, device).items():
             save_seed(seed, out_dirs[variant] / f"{item.image_id}.npy")
     written = {variant: sum(variant in variants for variants in todo.values()) for variant in out_dirs}

@@ -24,14 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from bas.engine import gather_objects
 from bas.errors import DatasetError, require_positive, require_unit_interval
 from bas.outputs import input_stamp
 from WSSS import datasets
 from WSSS.irn import IRN, load_irn
 from WSSS.randomwalk import propagate
+from WSSS.sharding import each_item, my_share, total
 from WSSS.steps.cam_to_ir_label import save_label_png
 from WSSS.steps.eval_cam import claim_output, read_seed
 
@@ -123,16 +122,14 @@ def make_pseudo_masks(
     """Writes the pseudo masks of this process's share of ``dataset`` (every world-th image,
     at scale 1 with its mirror) whose PNG is missing; returns how many all processes wrote.
     ``options``: pseudo_mask's bg_thres, power, beta, exp_times."""
-    mine = [i for i in range(rank, len(dataset), world) if not (out_dir / f"{dataset.ids[i]}.png").exists()]
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=None, num_workers=workers)
+    mine = my_share(len(dataset), rank, world, lambda i: not (out_dir / f"{dataset.ids[i]}.png").exists())
     irn.to(device).eval()
-    for item in tqdm(loader, total=len(mine), desc="make_sem_seg_labels", disable=not progress):
+    for _, item in each_item(dataset, mine, workers, "make_sem_seg_labels", progress):
         size = tuple(int(s) for s in item.size)
         keys, cams = read_strided_seed(cam_dir / f"{item.image_id}.npy", size)
         edge = irn.edge_map(item.images[0].to(device), pad_to)  # h x w
         save_label_png(pseudo_mask(edge, cams, keys, size, **options), out_dir / f"{item.image_id}.png")
-    # Summed over the processes; also waits for every process: the next stage reads all masks.
-    return sum(gather_objects(len(mine)))
+    return total(len(mine))
 
 
 def run(args: argparse.Namespace) -> int:
