@@ -49,12 +49,16 @@ def read_png(path: Path) -> np.ndarray | None:
 
 
 def scored_threshold(flags: argparse.Namespace) -> float:
-    """The best threshold of the variant's seeds in eval_cam's report on disk (an earlier
-    run's), else DEFAULT_THRESHOLD."""
+    """The best threshold of the variant's seeds in eval_cam's report on disk (this run's or
+    an earlier one's), else DEFAULT_THRESHOLD. A report is taken only when it scored these
+    seeds' folder: --cam_eval_out_dir may hold another variant's."""
     try:
-        return float(json.loads(report_path(flags).read_text())["best_threshold"])
+        report = json.loads(report_path(flags).read_text())
+        if Path(report["cam_out_dir"]).resolve() == Path(flags.cam_out_dir).resolve():
+            return float(report["best_threshold"])
     except (OSError, ValueError, KeyError, TypeError):
-        return DEFAULT_THRESHOLD
+        pass
+    return DEFAULT_THRESHOLD
 
 
 def save_strips(args: argparse.Namespace, variants: dict[str, argparse.Namespace], count: int) -> int:

@@ -152,8 +152,9 @@ class TrainingRun:
         other entries (``epoch`` and whatever the script saved with it). Without one, the
         run starts afresh: ``{"epoch": 0}``. ``settings``: what a resumed run must share with
         the run it continues, or it would not repeat it (saved with ``save(..., settings=)``);
-        a checkpoint of other settings stops, naming the first that differs. A setting the
-        checkpoint does not record (one written before the setting was) is not checked."""
+        a checkpoint of other settings stops, naming the first that differs. A checkpoint
+        written before settings were saved is checked against the flags it saved (``args``);
+        a setting the checkpoint does not record is not checked."""
         if not self.last.is_file():
             log.info("nothing to resume in %s: starting afresh", self.output_dir)
             return {"epoch": 0}
@@ -161,7 +162,7 @@ class TrainingRun:
         missing = [key for key in ("optimizer", "scaler", "epoch") if key not in checkpoint]
         if missing:
             raise CheckpointError(f"{self.last}: not a checkpoint to resume from (no {', '.join(missing)})")
-        recorded = checkpoint.get("settings", {})
+        recorded = checkpoint.get("settings") or checkpoint.get("args") or {}
         for name in sorted(recorded.keys() & (settings or {}).keys()):
             if recorded[name] != settings[name]:
                 raise CheckpointError(

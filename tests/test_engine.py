@@ -148,3 +148,7 @@ def test_resume_checks_the_settings_the_checkpoint_records(tmp_path):
     # A setting added since the checkpoint was written is not held against it.
     resumed = TrainingRun(tmp_path, "test-run", 1, 0, "cpu").resume(model, optimizer, scaler, {"lr": 0.1, "new": 3})
     assert resumed["epoch"] == 1
+    # A checkpoint written before settings were saved is held to the flags it saved.
+    run.save(model, optimizer, scaler, 2, {"epoch": 2, "lr": 0.1, "train": {"loss": 1.0}}, args={"lr": 0.1})
+    with pytest.raises(UserError, match=r"trained with lr 0\.1, not 0\.2"):
+        TrainingRun(tmp_path, "test-run", 1, 0, "cpu").resume(model, optimizer, scaler, settings={"lr": 0.2})

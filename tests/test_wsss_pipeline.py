@@ -146,5 +146,7 @@ def test_strips_show_the_seeds_at_the_threshold_eval_cam_reported(tmp_path):
     path = report_path(flags)
     assert path == tmp_path / "cam_eval" / "eval_cam_train.json"
     path.parent.mkdir()
-    path.write_text(json.dumps({"best_threshold": 0.31}))
+    path.write_text(json.dumps({"cam_out_dir": str(tmp_path / "other"), "best_threshold": 0.41}))
+    assert scored_threshold(flags) == DEFAULT_THRESHOLD  # a report on another folder's seeds
+    path.write_text(json.dumps({"cam_out_dir": str(tmp_path / "cam"), "best_threshold": 0.31}))
     assert scored_threshold(flags) == 0.31

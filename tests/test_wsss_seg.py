@@ -188,6 +188,8 @@ def test_eval_seg_on_a_test_list_writes_the_servers_layout_only(trained):
             assert set(np.unique(np.array(png))) <= set(range(5))
     assert not (trained.folder / "test_eval").exists()
     assert read_marker(out)["settings"]["crf"] is True
+    with pytest.raises(ArgumentError, match="--crf_scale 0: must be positive"):  # pydensecrf would crash the process
+        run_sample.main([*argv, "--crf_scale", "0"])
 
 
 def test_a_missing_pseudo_mask_stops_train_seg_before_any_work(trained, tmp_path):

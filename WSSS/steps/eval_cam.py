@@ -142,6 +142,8 @@ def claim_output(folder: Path, kind: str, rank: int, hint: str = "", settings: d
     folder's marker: a folder of files made otherwise is refused, since a re-run only adds
     the missing files and would mix the two."""
     error = None
+    if settings is not None:  # as the marker will hold them: JSON's lists, numbers and strings
+        settings = json.loads(json.dumps(settings, default=str))
     if rank == 0:
         try:
             marker = read_marker(folder) or {}

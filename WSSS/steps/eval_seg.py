@@ -117,6 +117,9 @@ def run(args: argparse.Namespace) -> dict:
     scales = args.seg_scales or SCALES["synthetic" if getattr(args, "dataset", "voc") == "synthetic" else "voc"]
     for scale in scales:
         require_positive("--seg_scales", scale)
+    crf_scale = args.crf_scale if args.seg_crf else None  # None: no CRF
+    if crf_scale is not None:
+        require_positive("--crf_scale", crf_scale)
     test = args.seg_test or Path(args.val_list).stem == "test"
     out_dir = Path(args.seg_out_dir)
     folder = out_dir / SERVER_FOLDER if test else out_dir
@@ -131,11 +134,11 @@ def run(args: argparse.Namespace) -> dict:
             f"{args.seg_weights_name}: a net of {info['num_classes']} outputs, but {root} has {len(data.classes)} "
             "classes and the background"
         )
-    settings = {"weights": input_stamp(args.seg_weights_name), "scales": list(scales)}
-    crf_scale = args.crf_scale if args.seg_crf else None
+    weights = input_stamp(args.seg_weights_name)
+    settings = {"weights": weights["path"], "written": weights["written"], "scales": list(scales)}
     settings["crf"] = args.seg_crf
-    if args.seg_crf:
-        settings["crf_scale"] = args.crf_scale
+    if crf_scale is not None:
+        settings["crf_scale"] = crf_scale
     claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --seg_out_dir", settings)
     written = predict_folder(
         model,
