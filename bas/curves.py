@@ -69,10 +69,11 @@ def panel(name: str) -> str | None:
     return LR if key == "lr" else None
 
 
-def draw_curves(log: str | Path, png: str | Path | None = None) -> Path:
+def draw_curves(log: str | Path, png: str | Path | None = None) -> Path | None:
     """Draw the log's curves into ``png`` (default: beside the log, same stem), replaced
     atomically so that a viewer never reads half a file. Every point has a marker: a log of
-    one epoch is one dot per curve. Returns the PNG's path."""
+    one epoch is one dot per curve. Returns the PNG's path; None, drawing nothing, when the
+    log has no number to draw."""
     log = Path(log)
     png = log.with_suffix(".png") if png is None else Path(png)
     panels: dict[str, dict[str, Curve]] = {LOSSES: {}, SCORES: {}, LR: {}}
@@ -81,6 +82,8 @@ def draw_curves(log: str | Path, png: str | Path | None = None) -> Path:
         if where is not None:
             panels[where][name.removeprefix("train/") if where == LOSSES else name] = curve
     panels = {title: curves for title, curves in panels.items() if curves}
+    if not panels:
+        return None
 
     figure = Figure(figsize=(9, 2.2 + 2.6 * len(panels)), layout="constrained")
     heights = [1 if title == LR else 3 for title in panels]

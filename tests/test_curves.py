@@ -62,6 +62,12 @@ def test_a_one_epoch_log_gives_a_readable_png(tmp_path):
     assert (tmp_path / "bas_log.png").is_file()
 
 
+def test_a_log_with_nothing_to_draw_draws_nothing(tmp_path):
+    log = tmp_path / "log.jsonl"
+    write_log(log, [{"epoch": 1, "note": "no numbers", "images": 3}])  # bookkeeping is not drawn
+    assert draw_curves(log) is None and sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]
+
+
 def test_the_png_is_redrawn_with_the_whole_history(tmp_path):
     log = tmp_path / "log.jsonl"
     write_log(log, [wsol_record(1), wsol_record(2)])
