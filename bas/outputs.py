@@ -71,9 +71,19 @@ def claim(folder: str | Path, kind: str, hint: str = "", **details) -> Path:
 
 def input_stamp(path: str | Path) -> dict:
     """A file outputs are made from, as a folder's marker records it (``claim``'s details):
-    its path and when it was written, so that weights trained again count as other weights."""
-    path = Path(path).resolve()
-    return {"path": str(path), "written": path.stat().st_mtime_ns}
+    its name, size and time written, so that weights trained again count as other weights,
+    while a project folder moved elsewhere (mv, rsync -a, cp -p keep the times) still
+    matches its records."""
+    path = Path(path)
+    status = path.stat()
+    return {"name": path.name, "bytes": status.st_size, "written": status.st_mtime_ns}
+
+
+def recorded_settings(folder: str | Path) -> dict | None:
+    """The settings a folder's marker records (``claim``'s ``settings`` detail), if any: what
+    a stage reading the folder records in turn, so that outputs name the whole chain of
+    settings they come from rather than a folder's path."""
+    return (read_marker(folder) or {}).get("settings")
 
 
 def build_folder(folder: str | Path, kind: str, write: Callable[[Path], None], hint: str = "", **details) -> Path:

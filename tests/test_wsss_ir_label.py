@@ -6,6 +6,7 @@ end through run_sample.py on a small synthetic VOC set with seeds of untrained n
 
 import json
 import os
+import shutil
 import types
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 from test_wsss_metrics import plain_confusion, save_palette_mask
 
 from bas.errors import DatasetError, OutputError
+from bas.outputs import claim
 from WSSS import datasets, run_sample
 from WSSS.models import build_model
 from WSSS.steps import cam_to_ir_label, eval_sem_seg
@@ -151,11 +153,18 @@ def test_a_folder_of_labels_made_otherwise_is_refused(voc, tmp_path):
     out = tmp_path / "ir"
     cam_to_ir_label.run(stage_args(voc, out))
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    for change in ({"conf_bg_thres": 0.05}, {"crf_scale": 0.2}, {"cam_out_dir": tmp_path}):
+    seeds = tmp_path / "seeds"  # the same seeds, marked as make_cam marks its folder: made otherwise
+    claim(seeds, "wsss-seeds", settings={"scales": [1.0]})
+    shutil.copytree(voc.cam, seeds, dirs_exist_ok=True)
+    for change in ({"conf_bg_thres": 0.05}, {"crf_scale": 0.2}, {"cam_out_dir": seeds}):
         with pytest.raises(OutputError, match=r"ir holds files made with .*'conf_bg_thres': 0\.17.*another --ir_label"):
             cam_to_ir_label.run(stage_args(voc, out, **change))
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
     assert cam_to_ir_label.run(stage_args(voc, out)) == 0  # the same settings: done already
+    moved = tmp_path / "moved"  # the seeds and the labels moved elsewhere: their records name no path
+    shutil.copytree(voc.cam, moved / "cam")
+    shutil.copytree(out, moved / "ir")
+    assert cam_to_ir_label.run(stage_args(voc, moved / "ir", cam_out_dir=moved / "cam")) == 0
 
 
 def test_shards_make_every_label_once(voc, tmp_path):

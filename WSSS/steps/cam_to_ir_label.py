@@ -47,7 +47,7 @@ from PIL import Image
 from pydensecrf.utils import unary_from_labels
 
 from bas.errors import DatasetError, require_positive, require_unit_interval
-from bas.outputs import replace_atomic
+from bas.outputs import recorded_settings, replace_atomic
 from WSOL.datasets import load_rgb
 from WSSS import datasets
 from WSSS.datasets import IGNORE, Sample
@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     samples = datasets.pipeline_data(args).samples(args.train_list)
     out_dir = Path(args.ir_label_out_dir)
     settings = {
-        "seeds": str(Path(args.cam_out_dir).resolve()),
+        "seeds": recorded_settings(args.cam_out_dir),  # the weights and scales they come from
         "conf_fg_thres": args.conf_fg_thres,
         "conf_bg_thres": args.conf_bg_thres,
         "crf_scale": args.crf_scale,

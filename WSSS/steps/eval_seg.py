@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from bas.errors import CheckpointError, require_positive
-from bas.outputs import input_stamp
 from WSSS import datasets
 from WSSS.segmentation import crf_refine, predict
 from WSSS.sharding import each_item, my_share, total
@@ -134,8 +133,8 @@ def run(args: argparse.Namespace) -> dict:
             f"{args.seg_weights_name}: a net of {info['num_classes']} outputs, but {root} has {len(data.classes)} "
             "classes and the background"
         )
-    weights = input_stamp(args.seg_weights_name)
-    settings = {"weights": weights["path"], "written": weights["written"], "scales": list(scales)}
+    weights = Path(args.seg_weights_name).resolve()  # and when it was written: a net trained again is another net
+    settings = {"weights": str(weights), "written": weights.stat().st_mtime_ns, "scales": list(scales)}
     settings["crf"] = args.seg_crf
     if crf_scale is not None:
         settings["crf_scale"] = crf_scale

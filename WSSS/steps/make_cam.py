@@ -15,8 +15,9 @@ once per image, and every variant's file is composed from its nets' maps.
 
 Ids whose files exist are skipped, and each file is written under a temporary name and
 then renamed, so a crashed run is finished by running it again; a folder records the
-weights (path and time written) and scales its seeds come from, and refuses others. Under torchrun every
-process does every world-th id; the files do not depend on the number of processes.
+weights (name, size, time written) and scales its seeds come from, and refuses others.
+Under torchrun every process does every world-th id; the files do not depend on the
+number of processes.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from bas.errors import DatasetError, require_positive, require_unit_interval
-from bas.outputs import input_stamp
+from bas.outputs import input_stamp, recorded_settings
 from WSSS import datasets
 from WSSS.irn import IRN, load_irn
 from WSSS.randomwalk import propagate
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         "beta": args.beta,
         "exp_times": args.exp_times,
     }
-    settings = {"seeds": str(Path(args.cam_out_dir).resolve()), "irn": input_stamp(args.irn_weights_name), **options}
+    settings = {"seeds": recorded_settings(args.cam_out_dir), "irn": input_stamp(args.irn_weights_name), **options}
     claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --sem_seg_out_dir", settings)
     written = make_pseudo_masks(
         irn,
