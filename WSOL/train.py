@@ -24,7 +24,7 @@ from bas.amc import bas_loss
 from bas.engine import gather_objects, save_atomic, set_step_lr, sgd, share_buffers
 from bas.errors import ArgumentError, require_positive, require_unit_interval, run_main
 from bas.outputs import check_writable, write_text_atomic
-from bas.training import TrainingRun, add_tensorboard_flag, epoch_line, jsonable_args
+from bas.training import TrainingRun, add_tensorboard_flag, epoch_line, flag_values, jsonable_args
 from WSOL.cli import BEST_CHECKPOINTS, add_speed_arguments, load_samples, resolve_preset, script_parser
 from WSOL.datasets import ImageDataset, test_transform, train_transform
 from WSOL.inference import BoxResults, box_results, evaluation_loader, predict
@@ -39,10 +39,6 @@ RUN_KIND = "WSOL training run"  # what the output folder's marker says it holds
 # --epochs: the step schedule does not depend on it, so a run may be resumed to train longer.
 RESUME_KEYS = ("root", "arch", "method", "num_classes", "alpha", "beta", "lr", "decay_epoch", "batch_size")
 RESUME_KEYS += ("weight_decay", "momentum", "seed")
-
-
-def resume_settings(args: argparse.Namespace) -> dict:
-    return {key: getattr(args, key) for key in RESUME_KEYS}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -167,9 +163,10 @@ def train(args: argparse.Namespace) -> dict:
 
     # ============ resume ============
     best = {name: -1.0 for name in BEST_CHECKPOINTS}
+    settings = flag_values(args, RESUME_KEYS)  # saved with every checkpoint, checked on resume
     start_epoch = 0
     if args.resume:
-        resumed = run.resume(model, optimizer, scaler, settings=resume_settings(args))
+        resumed = run.resume(model, optimizer, scaler, settings=settings)
         start_epoch, best = resumed["epoch"], resumed.get("best", best)
     trained = run.distribute(model, args.compile)
 
@@ -194,8 +191,7 @@ def train(args: argparse.Namespace) -> dict:
                     if run.main:
                         save_atomic(checkpoint_for_release(model, args, epoch + 1, summary), args.output_dir / name)
 
-        saved = {"best": best, "settings": resume_settings(args), "args": jsonable_args(args)}
-        run.save(model, optimizer, scaler, epoch + 1, record, **saved)
+        run.save(model, optimizer, scaler, epoch + 1, record, best=best, settings=settings, args=jsonable_args(args))
         log.info("%s", wsol_epoch_line(record))
 
     if run.main:

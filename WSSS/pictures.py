@@ -79,12 +79,12 @@ def save_strips(args: argparse.Namespace, variants: dict[str, argparse.Namespace
         weights = Path(flags.seg_weights_name)
         model = load_segmentation_model(weights, torch.device("cpu"))[0] if weights.is_file() else None
         scaled = datasets.MultiScaleSet(samples, [1.0])
+        threshold = scored_threshold(flags)  # the variant's report, read once
         for index, sample in enumerate(samples):
             image = np.asarray(datasets.load_rgb(sample.path))
             panels = [("image", image)]
             seed = Path(flags.cam_out_dir) / f"{sample.image_id}.npy"
             if seed.is_file():
-                threshold = scored_threshold(flags)
                 panels.append((f"seeds {nets} ({threshold:.2f})", colour(seed_labels(seed, threshold))))
             for caption, folder in (("IR labels", flags.ir_label_out_dir), ("pseudo mask", flags.sem_seg_out_dir)):
                 labels = read_png(Path(folder) / f"{sample.image_id}.png")

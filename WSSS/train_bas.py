@@ -49,7 +49,7 @@ from pathlib import Path
 from bas.engine import first_on_rank_zero, keyed_generator, poly_max_step, save_atomic, set_poly_lr, sgd
 from bas.errors import ArgumentError, require_positive, run_main
 from bas.outputs import check_writable, write_text_atomic
-from bas.training import LossFunction, TrainingRun, add_tensorboard_flag, epoch_line, jsonable_args
+from bas.training import LossFunction, TrainingRun, add_tensorboard_flag, epoch_line, flag_values, jsonable_args
 from WSOL.cli import add_speed_arguments
 from WSSS.datasets import ClassificationSet, CocoInstances, Sample, TrainTransform, voc_classes, voc_samples
 from WSSS.models import ARCHS, build_model, draw_positive, multilabel_bas_loss, multilabel_soft_margin_loss
@@ -313,10 +313,6 @@ def poly_schedule(optimizer, args: argparse.Namespace, max_step: int, first_step
 RESUME_KEYS = ("method", "arch", "dataset", "epochs", "batch_size", "lr", "poly_steps_factor", "poly_power", "seed")
 
 
-def resume_settings(args: argparse.Namespace) -> dict:
-    return {key: getattr(args, key) for key in RESUME_KEYS}
-
-
 def train(args: argparse.Namespace) -> dict:
     """Trains the net of ``args.method``; returns the last epoch's record with the path of
     the finished weights (``weights``)."""
@@ -367,9 +363,10 @@ def train(args: argparse.Namespace) -> dict:
     max_step = poly_max_step(len(train_set), args.batch_size, args.epochs, args.poly_steps_factor)
 
     # ============ resume ============
+    settings = flag_values(args, RESUME_KEYS)  # saved with every checkpoint, checked on resume
     start_epoch = 0
     if args.resume:
-        start_epoch = run.resume(model, optimizer, scaler, settings=resume_settings(args))["epoch"]
+        start_epoch = run.resume(model, optimizer, scaler, settings=settings)["epoch"]
     trained = run.distribute(model, args.compile)
 
     # ============ training loop ============
@@ -382,7 +379,7 @@ def train(args: argparse.Namespace) -> dict:
         )
         lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_multiplier"]  # the epoch's last step's
         record = {"epoch": epoch + 1, "lr": lr, "train": stats}
-        run.save(model, optimizer, scaler, epoch + 1, record, settings=resume_settings(args), args=jsonable_args(args))
+        run.save(model, optimizer, scaler, epoch + 1, record, settings=settings, args=jsonable_args(args))
         log.info("%s", epoch_line(record))
 
     # ============ the finished net ============

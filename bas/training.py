@@ -302,6 +302,11 @@ def add_tensorboard_flag(group: argparse._ArgumentGroup) -> None:
     )
 
 
+def flag_values(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    """The values of the flags ``names``: a script's resume settings (``TrainingRun.resume``)."""
+    return {name: getattr(args, name) for name in names}
+
+
 def jsonable_args(args: argparse.Namespace) -> dict:
     """The flags as JSON values (paths as strings), for checkpoints and args.json."""
     return {k: str(v) if isinstance(v, (Path, torch.device)) else v for k, v in vars(args).items()}

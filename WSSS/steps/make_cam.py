@@ -39,7 +39,7 @@ from bas.outputs import input_stamp, replace_atomic
 from WSSS import datasets
 from WSSS.datasets import MultiScaleItem
 from WSSS.models import build_model, load_checkpoint
-from WSSS.sharding import each_item, my_share
+from WSSS.sharding import each_item
 from WSSS.steps.eval_cam import claim_output
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,8 @@ def make_seeds(
     def missing(index: int) -> list[str]:
         return [v for v, folder in out_dirs.items() if not (folder / f"{dataset.ids[index]}.npy").exists()]
 
-    todo = {i: missing(i) for i in my_share(len(dataset), rank, world, lambda i: bool(missing(i)))}  # i -> variants
+    todo = {i: missing(i) for i in range(rank, len(dataset), world)}  # shard first: others write meanwhile
+    todo = {i: variants for i, variants in todo.items() if variants}  # index -> its missing variants
     for net in nets.values():
         net.to(device).eval()
     pin = device.type == "cuda"
