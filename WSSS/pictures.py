@@ -21,7 +21,8 @@ from PIL import Image
 from bas.outputs import claim
 from bas.viz import save_rgb, strip
 from WSSS import datasets
-from WSSS.steps.eval_cam import read_seed, report_path
+from WSSS.seeds import read_seed, seed_path
+from WSSS.steps.eval_cam import report_path
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def save_strips(args: argparse.Namespace, variants: dict[str, argparse.Namespace
         for index, sample in enumerate(samples):
             image = np.asarray(datasets.load_rgb(sample.path))
             panels = [("image", image)]
-            seed = Path(flags.cam_out_dir) / f"{sample.image_id}.npy"
+            seed = seed_path(flags.cam_out_dir, sample.image_id)
             if seed.is_file():
                 panels.append((f"seeds {nets} ({threshold:.2f})", colour(seed_labels(seed, threshold))))
             for caption, folder in (("IR labels", flags.ir_label_out_dir), ("pseudo mask", flags.sem_seg_out_dir)):

@@ -215,8 +215,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add(
         group,
         "cam_out_dir",
-        help=f"the seeds, one <id>.npy per image (default {VOC_DEFAULTS['cam_out_dir']}; "
-        f"{SYNTHETIC_DEFAULTS['cam_out_dir']} on the synthetic set)",
+        help=f"the seeds, one <id>.npz (or the original's <id>.npy) per image "
+        f"(default {VOC_DEFAULTS['cam_out_dir']}; {SYNTHETIC_DEFAULTS['cam_out_dir']} on the synthetic set)",
     )
     _add(
         group,

@@ -8,8 +8,8 @@
 - eval_cam: ours (each seed read once, all thresholds in one pass) against the original's
   procedure (its eval_cam run once per threshold, every seed and mask read again each
   time), side by side on the same files, with the mIoUs checked equal. The files are
-  synthetic, of VOC's size and format: 1 to 3 classes each, seeds in the original's format
-  (torch tensors and a numpy array in a pickled dict), palette masks with a void border.
+  synthetic, of VOC's size and format: 1 to 3 classes each, seeds as make_cam writes them
+  (``WSSS.seeds``), palette masks with a void border.
 
     python benchmarks/wsss_speed.py                 # everything, on CUDA when present
     python benchmarks/wsss_speed.py --only eval_cam --files 50
@@ -31,6 +31,7 @@ from speed import isolated, peak_mib, timed
 from WSSS import metrics
 from WSSS.datasets import SCALES, VOC_CLASSES, MultiScaleItem, rescale, to_tensor, voc_masks
 from WSSS.models import build_model, multilabel_bas_loss, multilabel_soft_margin_loss
+from WSSS.seeds import read_seed, seed_path, write_seed
 from WSSS.steps import eval_cam, make_cam
 
 CLASSES = 20
@@ -50,10 +51,7 @@ def write_files(root: Path, count: int, seed: int = 0) -> list[str]:
         keys = np.sort(rng.choice(CLASSES, int(rng.integers(1, 4)), replace=False))
         high_res = rng.random((len(keys), h, w), dtype=np.float32)
         low = high_res[:, ::4, ::4].copy()
-        np.save(
-            cam_dir / f"{image_id}.npy",
-            {"keys": torch.from_numpy(keys), "cam": torch.from_numpy(low), "high_res": high_res},
-        )
+        write_seed(cam_dir, image_id, {"keys": keys, "cam": low, "high_res": high_res})
         mask = rng.choice([0, *(keys + 1)], (h, w)).astype(np.uint8)
         mask[:, :3] = 255
         image = Image.fromarray(mask, mode="P")
@@ -70,9 +68,9 @@ def original_eval_cam(cam_dir: Path, voc: Path, ids: list[str], t: float) -> flo
     matrix (chainercv's per-image bincount), IoU and nanmean."""
     preds, labels = [], []
     for image_id in ids:
-        seed = np.load(cam_dir / f"{image_id}.npy", allow_pickle=True).item()
-        cams = np.pad(seed["high_res"], ((1, 0), (0, 0), (0, 0)), mode="constant", constant_values=t)
-        keys = np.pad(seed["keys"] + 1, (1, 0), mode="constant")
+        seed_keys, high_res = read_seed(seed_path(cam_dir, image_id))
+        cams = np.pad(high_res, ((1, 0), (0, 0), (0, 0)), mode="constant", constant_values=t)
+        keys = np.pad(seed_keys + 1, (1, 0), mode="constant")
         preds.append(keys[np.argmax(cams, axis=0)].copy())
         with Image.open(voc / "SegmentationClass" / f"{image_id}.png") as image:
             label = np.asarray(image, dtype=np.int32).copy()

@@ -20,7 +20,7 @@ from bas.outputs import MARKER
 from WSSS import datasets, run_sample
 from WSSS.datasets import CocoInstances, MultiScaleSet, Sample
 from WSSS.models import build_model
-from WSSS.steps import eval_cam
+from WSSS.seeds import read_seed
 from WSSS.synthetic import CLASS_COLOURS, CLASS_NAMES, DISTRACTOR_COLOURS, ensure_synthetic_voc, make_synthetic_voc
 
 ORIGINAL = Path("data/bas-extension/WSSS")
@@ -753,8 +753,8 @@ def test_run_sample_makes_and_scores_coco_seeds(coco, tmp_path):
     argv += ["--chainer_eval_set", "val", "--cam_out_dir", str(tmp_path / "seeds"), "--arch", "tiny"]
     argv += ["--bas_weights_name", str(tmp_path / "bas.pth"), "--cam_weights_name", str(tmp_path / "cam.pth")]
     run_sample.main([*argv, "--cam_scales", "1", "--num_workers", "0", "--no_progress"])
-    assert sorted(p.stem for p in (tmp_path / "seeds").glob("*.npy")) == sorted(coco_name(i) for i in COCO_IMAGES)
-    keys, _ = eval_cam.read_seed(tmp_path / "seeds" / f"{coco_name(74)}.npy")
+    assert sorted(p.stem for p in (tmp_path / "seeds").glob("*.npz")) == sorted(coco_name(i) for i in COCO_IMAGES)
+    keys, _ = read_seed(tmp_path / "seeds" / f"{coco_name(74)}.npz")
     assert keys.tolist() == [0, 1, 16]  # person, bicycle, dog
     report = json.loads((tmp_path / "seeds_eval" / "eval_cam_val.json").read_text())
     assert report["images"] == 3 and len(report["iou_at_best"]) == 81

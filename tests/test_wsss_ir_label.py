@@ -19,6 +19,7 @@ from bas.errors import DatasetError, OutputError
 from bas.outputs import claim
 from WSSS import datasets, run_sample
 from WSSS.models import build_model
+from WSSS.seeds import read_seed, seed_path
 from WSSS.steps import cam_to_ir_label, eval_sem_seg
 from WSSS.steps.cam_to_ir_label import IrLabelJobs, combine, ir_label, make_ir_labels, save_label_png
 from WSSS.synthetic import make_synthetic_voc
@@ -135,9 +136,9 @@ def test_stage_writes_each_label_once_and_atomically(voc, tmp_path):
     assert names == sorted([".bas-output.json", *(f"{s.image_id}.png" for s in voc.samples)])  # no temporary file
     for sample in voc.samples:
         labels = datasets.read_mask(out / f"{sample.image_id}.png", 4)
-        seed = np.load(voc.cam / f"{sample.image_id}.npy", allow_pickle=True).item()
+        keys, cams = read_seed(seed_path(voc.cam, sample.image_id))
         image = np.asarray(Image.open(sample.path).convert("RGB"))
-        np.testing.assert_array_equal(labels, ir_label(image, seed["high_res"], seed["keys"], 0.30, 0.17))
+        np.testing.assert_array_equal(labels, ir_label(image, cams, keys, 0.30, 0.17))
         assert set(np.unique(labels)) <= {0, 255, *(np.flatnonzero(sample.label) + 1)}
     stamps = {name: (out / name).stat().st_mtime_ns for name in names}
     assert cam_to_ir_label.run(stage_args(voc, out)) == 0  # all there: nothing made again
@@ -181,7 +182,7 @@ def test_a_missing_seed_stops_before_any_work_naming_the_file(voc, tmp_path):
     with pytest.raises(DatasetError) as caught:
         cam_to_ir_label.run(stage_args(voc, tmp_path / "ir", cam_out_dir=cam))
     message = str(caught.value)
-    assert "\n" not in message and str(cam / f"{voc.samples[0].image_id}.npy") in message and "make_cam" in message
+    assert "\n" not in message and str(seed_path(cam, voc.samples[0].image_id)) in message and "make_cam" in message
     assert os.listdir(tmp_path / "ir") == [".bas-output.json"]
 
 

@@ -22,6 +22,7 @@ from bas.errors import DatasetError, OutputError, run_main
 from WSSS import datasets, metrics, run_sample
 from WSSS.datasets import MultiScaleItem, voc_masks
 from WSSS.models import build_model
+from WSSS.seeds import read_seed
 from WSSS.steps import eval_cam, make_cam
 from WSSS.synthetic import make_synthetic_voc
 
@@ -275,7 +276,7 @@ def test_eval_cam_names_the_file_at_fault(voc, broken):
     first = voc.ids[0]
     if broken == "seed":
         (voc.cam_dir / f"{first}.npy").unlink()
-        culprit = voc.cam_dir / f"{first}.npy"
+        culprit = voc.cam_dir / f"{first}.npz"  # where make_cam would write it
     elif broken == "mask":
         (voc.root / "SegmentationClass" / f"{first}.png").unlink()
         culprit = voc.root / "SegmentationClass" / f"{first}.png"
@@ -315,7 +316,7 @@ def test_run_sample_command_line(voc, capsys):
     with pytest.raises(SystemExit) as stopped:
         run_main(run_sample.main, eval_args(voc))  # what the script's __main__ does
     assert stopped.value.code == 2
-    assert capsys.readouterr().err.startswith(f"error: {voc.cam_dir / voc.ids[2]}.npy: no seed")
+    assert capsys.readouterr().err.startswith(f"error: {voc.cam_dir / voc.ids[2]}.npz: no seed")
 
 
 # ------------------------------------------------------------------ run_sample's flags
@@ -492,8 +493,8 @@ def test_make_cam_skips_existing_and_repeats_byte_for_byte(tmp_path):
 
     assert make("a") == {"bas+cam": 4}
     first = files(tmp_path / "a_bas+cam")
-    assert sorted(first) == [f"{i}.npy" for i in dataset.ids]  # no temporary file left
-    keys, cams = eval_cam.read_seed(tmp_path / "a_bas+cam" / "img_1.npy")  # eval_cam reads what make_cam writes
+    assert sorted(first) == [f"{i}.npz" for i in dataset.ids]  # no temporary file left
+    keys, cams = read_seed(tmp_path / "a_bas+cam" / "img_1.npz")  # eval_cam reads what make_cam writes
     np.testing.assert_array_equal(keys, dataset[1].label.nonzero()[:, 0].numpy())
     assert cams.shape == (len(keys), 64, 48)
 
@@ -503,16 +504,18 @@ def test_make_cam_skips_existing_and_repeats_byte_for_byte(tmp_path):
         make("c", rank=rank, world=2)
     assert files(tmp_path / "b_bas+cam") == first and files(tmp_path / "c_bas+cam") == first
 
-    # an existing file is kept and its image not run; the missing one is made again
-    (tmp_path / "a_bas+cam" / "img_2.npy").write_bytes(b"kept")
-    (tmp_path / "a_bas+cam" / "img_3.npy").unlink()
+    # an existing file, ours or the original's, is kept and its image not run; the missing one is made again
+    (tmp_path / "a_bas+cam" / "img_2.npz").write_bytes(b"kept")
+    (tmp_path / "a_bas+cam" / "img_0.npz").rename(tmp_path / "a_bas+cam" / "img_0.npy")
+    (tmp_path / "a_bas+cam" / "img_3.npz").unlink()
     nets["bas"].seen = 0
     assert make("a") == {"bas+cam": 1}
     assert nets["bas"].seen == 2 * 3  # img_3 only: a pair per scale
-    assert files(tmp_path / "a_bas+cam") == {**first, "img_2.npy": b"kept"}
+    made = {("img_0.npy" if name == "img_0.npz" else name): data for name, data in first.items()}
+    assert files(tmp_path / "a_bas+cam") == {**made, "img_2.npz": b"kept"}
 
     # a variant missing one image: only that image runs, only that file is written
-    (tmp_path / "b_bas" / "img_0.npy").unlink()
+    (tmp_path / "b_bas" / "img_0.npz").unlink()
     nets["bas"].seen = nets["cam"].seen = 0
     assert make("b", ("bas", "bas+cam")) == {"bas": 1, "bas+cam": 0}
     assert (nets["bas"].seen, nets["cam"].seen) == (2 * 3, 0)
@@ -530,7 +533,7 @@ def test_make_cam_then_eval_cam_through_run_sample(tmp_path):
     argv += ["--arch", "tiny", "--cam_scales", "1", "0.5", "--no_progress"]
     run_sample.main(argv)
     train_aug = (voc / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split()
-    assert sorted(p.stem for p in (tmp_path / "seeds").glob("*.npy")) == sorted(train_aug)
+    assert sorted(p.stem for p in (tmp_path / "seeds").glob("*.npz")) == sorted(train_aug)
     report = json.loads((tmp_path / "seeds_eval" / "eval_cam_train.json").read_text())
     assert report["images"] == 2 and len(report["miou"]) == 25
     assert list(report["iou_at_best"]) == ["background", *datasets.voc_classes(voc)]

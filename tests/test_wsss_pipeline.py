@@ -53,7 +53,7 @@ def test_seeds_of_every_net_are_made_scored_and_not_made_twice(trained, capsys):
     summary = capsys.readouterr().out.split("\nvariant")[-1].splitlines()
     assert [line.split()[0] for line in summary[1:]] == ["bas", "cam", "bas+cam"]
     for nets, seeds in (("bas", "cam_bas_only"), ("cam", "cam_cam_only"), ("bas+cam", "cam")):
-        assert len(list((folder / "result" / seeds).glob("*.npy"))) == 12, nets
+        assert len(list((folder / "result" / seeds).glob("*.npz"))) == 12, nets
         report = json.loads((folder / "result" / f"{seeds}_eval" / "eval_cam_train.json").read_text())
         assert report["images"] == 12 and 0 <= report["best_miou"] <= 100
     before = {name: snapshot(folder / name) for name in ("result", "sess")}

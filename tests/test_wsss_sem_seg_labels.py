@@ -14,6 +14,7 @@ from test_wsss_randomwalk import dense_random_walk
 from bas.errors import DatasetError, OutputError
 from WSSS import datasets
 from WSSS.irn import build_irn
+from WSSS.seeds import write_seed
 from WSSS.steps.make_sem_seg_labels import make_pseudo_masks, pseudo_mask, run
 from WSSS.synthetic import make_synthetic_voc
 
@@ -84,7 +85,7 @@ def write_seeds(voc, folder, ids):
         keys = np.array(sorted(set(np.unique(mask)) - {0, 255})) - 1
         strided = mask[::4, ::4]
         cam = np.stack([(strided == key + 1).astype(np.float32) for key in keys])
-        np.save(folder / f"{image_id}.npy", {"keys": keys, "cam": cam, "high_res": np.zeros(0)})
+        write_seed(folder, image_id, {"keys": keys, "cam": cam, "high_res": np.zeros(0)})
 
 
 def stage_args(voc, tmp_path, **changes):

@@ -14,8 +14,8 @@ Every other pixel (foreground at the low threshold, background at the high one) 
 unsure: IRN learns no relation across it. BAS's default ``--conf_bg_thres`` is 0.17, IRN's
 0.05 (BAS's maps are larger, so less of the image stays under 0.05).
 
-Reads ``<cam_out_dir>/<id>.npy`` (its ``keys`` and ``high_res``, written by make_cam or the
-original) and ``JPEGImages/<id>.jpg`` for every id of ``--train_list`` (train_aug, as the
+Reads ``<cam_out_dir>/<id>.npz`` or the original's ``<id>.npy`` (``keys`` and ``high_res``;
+``WSSS.seeds``) and ``JPEGImages/<id>.jpg`` for every id of ``--train_list`` (train_aug, as the
 original: IRN trains on all of them); writes ``<ir_label_out_dir>/<id>.png``, H x W class
 indices (0 background, c + 1 for class c, 255 unsure). By default the PNG is grayscale, as
 IRN writes it: IRN's later stages read it with imageio, which turns a colour palette PNG
@@ -52,7 +52,8 @@ from WSOL.datasets import load_rgb
 from WSSS import datasets
 from WSSS.datasets import IGNORE, Sample
 from WSSS.sharding import each_item, my_share, total
-from WSSS.steps.eval_cam import claim_output, read_seed
+from WSSS.seeds import read_seed, seed_path
+from WSSS.steps.eval_cam import claim_output
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ class IrLabelJobs(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> str:
         sample = self.samples[index]
-        seed = self.cam_dir / f"{sample.image_id}.npy"
+        seed = seed_path(self.cam_dir, sample.image_id)
         keys, cams = read_seed(seed)  # K, K x H x W
         image = np.asarray(load_rgb(sample.path))  # H x W x 3
         if cams.ndim != 3 or len(cams) != len(keys) or cams.shape[1:] != image.shape[:2]:
@@ -220,7 +221,7 @@ def check_seeds(samples: list[Sample], cam_dir: Path, list_name: str) -> None:
     """Stop before any work when a seed is missing, naming the first and the stage to run:
     make_cam makes seeds of its own --train_list (on the synthetic set run_sample gives it
     the list eval_cam scores), and IR labels need one for every id of this list."""
-    missing = [cam_dir / f"{s.image_id}.npy" for s in samples if not (cam_dir / f"{s.image_id}.npy").exists()]
+    missing = [seed for seed in (seed_path(cam_dir, s.image_id) for s in samples) if not seed.exists()]
     if missing:
         others = f" (and {len(missing) - 1} more of its ids)" if len(missing) > 1 else ""
         raise DatasetError(

@@ -3,13 +3,13 @@ background threshold of a sweep.
 
 Reads the list of ``chainer_eval_set`` (``ImageSets/Segmentation/<set>.txt``, or a list
 file), each id's mask (``SegmentationClass/<id>.png``; ``SegmentationClassAug`` for
-train_aug) and seed ``<cam_out_dir>/<id>.npy`` (the original's format: a pickled
-``{"keys", "cam", "high_res"}`` dict whose values are torch tensors or numpy arrays;
-``high_res`` is what is scored, as in the original). No images are needed. Each seed is
-read once and scored at all thresholds together (the original read every file again for
-each of its 25 thresholds); the numbers are the original's.
+train_aug) and seed ``<cam_out_dir>/<id>.npz`` (make_cam's) or ``<id>.npy`` (the
+original's; ``WSSS.seeds`` reads both; ``high_res`` is what is scored, as in the original).
+No images are needed. Each seed is read once and scored at all thresholds together (the
+original read every file again for each of its 25 thresholds); the numbers are the original's.
 
-Seed files are pickles, which can run code when read: score only folders you trust.
+Reading a seed runs no code: ours hold plain arrays, and the original's pickles are rebuilt
+admitting numpy arrays and torch tensors only (a file naming anything else is refused).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import pickle
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,27 +28,11 @@ from bas.engine import gather_objects
 from bas.errors import DatasetError, OutputError, UserError
 from bas.outputs import claim, read_marker, write_text_atomic
 from WSSS import datasets, metrics
+from WSSS.seeds import read_seed, seed_path
 
 log = logging.getLogger(__name__)
 
 OUTPUT_KIND = "wsss-eval"
-
-
-def read_seed(path: Path, maps: str = "high_res") -> tuple[np.ndarray, np.ndarray]:
-    """The class keys (K, 0-based) and the ``maps`` of a seed file written by the original
-    or by us: "high_res" (K x H x W, the full-size maps) or "cam" (K x h x w, stride 4)."""
-    try:
-        seed = np.load(path, allow_pickle=True).item()
-    except FileNotFoundError:
-        raise DatasetError(
-            f"{path}: no seed for this id; make the seeds first (stage make_cam) or point --cam_out_dir at them"
-        ) from None
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
-        raise DatasetError(f"{path}: not a seed file ({error})") from None
-    if not isinstance(seed, dict) or not {"keys", maps} <= seed.keys():
-        found = sorted(seed) if isinstance(seed, dict) else type(seed).__name__
-        raise DatasetError(f"{path}: a seed is a dict with 'keys' and {maps!r}; found {found}")
-    return np.asarray(seed["keys"]).reshape(-1).astype(np.int64), np.asarray(seed[maps])
 
 
 def score_seeds(
@@ -68,12 +52,12 @@ def score_seeds(
         return metrics.threshold_counts(cams, keys, gt, thresholds, num_classes + 1)
 
     counts = np.zeros((num_classes + 1, num_classes + 1, len(thresholds) + 1), dtype=np.int64)
-    return score_files(Path(cam_out_dir), ".npy", masks, score, counts, indices, "eval_cam", progress)
+    path_of = partial(seed_path, cam_out_dir)
+    return score_files(path_of, masks, score, counts, indices, "eval_cam", progress)
 
 
 def score_files(
-    folder: Path,
-    suffix: str,
+    path_of: Callable[[str], Path],
     masks: datasets.MaskSet,
     score: Callable[[Path, np.ndarray], np.ndarray],
     total: np.ndarray,
@@ -81,13 +65,13 @@ def score_files(
     desc: str = "",
     progress: bool = False,
 ) -> np.ndarray:
-    """``total`` plus ``score(<folder>/<id><suffix>, mask)`` for the masks at ``indices``
+    """``total`` plus ``score(path_of(id), mask)`` for the masks at ``indices``
     (default: all), each mask read once: the loop of every stage that scores a folder of
     per-image files. A ValueError of the scoring (a size, a label) names the file and the mask."""
     indices = range(len(masks)) if indices is None else indices
     for index in tqdm(indices, desc=desc, disable=not progress, leave=False):
         image_id, gt = masks[index]
-        path = folder / f"{image_id}{suffix}"
+        path = path_of(image_id)
         try:
             total = total + score(path, gt)
         except DatasetError:

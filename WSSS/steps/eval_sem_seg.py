@@ -68,8 +68,11 @@ def label_counts(
     def score(path: Path, gt: np.ndarray) -> np.ndarray:
         return metrics.unsure_confusion(gt, read_labels(path, num_classes), num_classes + 1)
 
+    def png(image_id: str) -> Path:
+        return Path(folder) / f"{image_id}.png"
+
     counts = np.zeros((num_classes + 1, num_classes + 2), dtype=np.int64)
-    return score_files(Path(folder), ".png", masks, score, counts, indices, "eval_sem_seg", progress)
+    return score_files(png, masks, score, counts, indices, "eval_sem_seg", progress)
 
 
 def summarize_labels(counts: np.ndarray, classes: Sequence[str], unsure: str = "background") -> dict:

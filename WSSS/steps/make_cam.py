@@ -1,21 +1,23 @@
 """Stage make_cam: the seeds, multi-scale + flip class maps of each training image, as the
-original makes them, saved per image in the original's format.
+original makes them, saved per image.
 
 For each net and scale, the net's maps of the image and of its mirror image (one batch
 of 2) are summed with the mirror's flipped back, resized bilinearly to the stride-4 size
 and to the stride-16-rounded-up size (then cropped to the image), and summed over the
 scales; the image's GT classes are kept, each divided by its max (+1e-5). With BAS and
 CAM nets (the original's default) each net's maps are normalised so, summed, and
-normalised again. Saved: ``<cam_out_dir>/<id>.npy``, a pickled dict ``{"keys": K class
-indices (0-based, int64), "cam": K x h4 x w4, "high_res": K x H x W}`` (float32),
-readable by the original's later stages and by ours.
+normalised again. Saved: ``<cam_out_dir>/<id>.npz`` (``WSSS.seeds``), the original's dict
+as plain arrays, not a pickle (which can run code when read): ``keys`` (K class indices,
+0-based, int64), ``cam`` (K x h4 x w4) and ``high_res`` (K x H x W), float32. The
+original's later stages load ``<id>.npy`` and do not read it; ours read both.
 
 Several seed variants (``--seed_nets bas+cam bas cam``) are made in one pass: each net runs
 once per image, and every variant's file is composed from its nets' maps.
 
-Ids whose files exist are skipped, and each file is written under a temporary name and
-then renamed, so a crashed run is finished by running it again; a folder records the
-weights (name, size, time written) and scales its seeds come from, and refuses others.
+Ids whose files exist (ours, or the original's ``<id>.npy``) are skipped, and each file is
+written under a temporary name and then renamed, so a crashed run is finished by running it
+again; a folder records the weights (name, size, time written) and scales its seeds come
+from, and refuses others.
 Under torchrun every process does every world-th id; the files do not depend on the
 number of processes.
 """
@@ -35,10 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from bas.engine import gather_objects, read_checkpoint
-from bas.outputs import input_stamp, replace_atomic
+from bas.outputs import input_stamp
 from WSSS import datasets
 from WSSS.datasets import MultiScaleItem
 from WSSS.models import build_model, load_checkpoint
+from WSSS.seeds import seed_path, write_seed
 from WSSS.sharding import each_item
 from WSSS.steps.eval_cam import claim_output
 
@@ -113,16 +116,6 @@ def image_seeds(
     return seeds
 
 
-def save_seed(seed: dict, path: Path) -> None:
-    """``np.save`` of the seed dict (a pickle, as the original), written then renamed."""
-
-    def write(fd: int) -> None:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, seed, allow_pickle=True)
-
-    replace_atomic(write, path)
-
-
 def make_seeds(
     nets: dict[str, nn.Module],
     dataset: torch.utils.data.Dataset,
@@ -140,7 +133,7 @@ def make_seeds(
     out_dirs = {variant: Path(folder) for variant, folder in out_dirs.items()}
 
     def missing(index: int) -> list[str]:
-        return [v for v, folder in out_dirs.items() if not (folder / f"{dataset.ids[index]}.npy").exists()]
+        return [v for v, folder in out_dirs.items() if not seed_path(folder, dataset.ids[index]).exists()]
 
     todo = {i: missing(i) for i in range(rank, len(dataset), world)}  # shard first: others write meanwhile
     todo = {i: variants for i, variants in todo.items() if variants}  # index -> its missing variants
@@ -149,7 +142,7 @@ def make_seeds(
     pin = device.type == "cuda"
     for index, item in each_item(dataset, list(todo), workers, "make_cam", progress, pin_memory=pin):
         for variant, seed in image_seeds(nets, todo[index], item, device).items():
-            save_seed(seed, out_dirs[variant] / f"{item.image_id}.npy")
+            write_seed(out_dirs[variant], item.image_id, seed)
     written = {variant: sum(variant in variants for variants in todo.values()) for variant in out_dirs}
     # Summed over the processes; also waits for every process: the next stage reads all seeds.
     return {variant: sum(counts[variant] for counts in gather_objects(written)) for variant in out_dirs}

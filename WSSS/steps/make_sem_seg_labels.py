@@ -32,7 +32,8 @@ from WSSS.irn import IRN, load_irn
 from WSSS.randomwalk import propagate
 from WSSS.sharding import each_item, my_share, total
 from WSSS.steps.cam_to_ir_label import save_label_png
-from WSSS.steps.eval_cam import claim_output, read_seed
+from WSSS.seeds import read_seed, seed_path
+from WSSS.steps.eval_cam import claim_output
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def make_pseudo_masks(
     irn.to(device).eval()
     for _, item in each_item(dataset, mine, workers, "make_sem_seg_labels", progress):
         size = tuple(int(s) for s in item.size)
-        keys, cams = read_strided_seed(cam_dir / f"{item.image_id}.npy", size)
+        keys, cams = read_strided_seed(seed_path(cam_dir, item.image_id), size)
         edge = irn.edge_map(item.images[0].to(device), pad_to)  # h x w
         save_label_png(pseudo_mask(edge, cams, keys, size, **options), out_dir / f"{item.image_id}.png")
     return total(len(mine))
