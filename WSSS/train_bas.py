@@ -46,8 +46,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from bas.cli import add_process_flags
 from bas.engine import first_on_rank_zero, keyed_generator, poly_max_step, save_atomic, set_poly_lr, sgd
-from bas.errors import ArgumentError, require_positive, run_main
+from bas.errors import ArgumentError, DatasetError, require_positive, run_main
 from bas.outputs import check_writable, write_text_atomic
 from bas.training import LossFunction, TrainingRun, add_tensorboard_flag, epoch_line, flag_values, jsonable_args
 from WSOL.cli import add_speed_arguments
@@ -134,6 +135,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"the VOC2012 folder of a VOCdevkit; for the synthetic set, the folder it is written into "
         f"(default {SYNTHETIC_ROOT})",
+    )
+    _add(
+        group,
+        "--make-synthetic",
+        action="store_true",
+        help=f"--dataset synthetic: write the demo set into a --voc12_root that does not exist (without this flag "
+        f"only {SYNTHETIC_ROOT} is made, so that a mistyped --voc12_root is reported)",
     )
     _add(group, "--coco-root", type=Path, help="a COCO 2014 root: train2014/, annotations/instances_train2014.json")
     _add(
@@ -228,9 +236,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="BatchNorm statistics of the global batch (default on for BAS, as the original; the CAM net's "
         "BatchNorm is frozen)",
     )
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
-    # The legacy launcher (python -m torch.distributed.launch) passes the local rank as a flag.
-    parser.add_argument("--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS)
+    add_process_flags(parser)
     return parser
 
 
@@ -268,6 +274,12 @@ def fill_defaults(args: argparse.Namespace) -> None:
         raise ArgumentError("--dataset coco: give --coco_root, the COCO 2014 folder (train2014/, annotations/)")
     if args.dataset == "synthetic":
         args.voc12_root = args.voc12_root or SYNTHETIC_ROOT
+        at_default = os.path.abspath(args.voc12_root) == os.path.abspath(SYNTHETIC_ROOT)
+        if not (args.voc12_root.exists() or args.make_synthetic or at_default):
+            raise DatasetError(
+                f"--voc12_root {args.voc12_root}: no such folder; the demo set is written only to {SYNTHETIC_ROOT}, "
+                "or elsewhere with --make-synthetic"
+            )
     if Path(args.weights_name).name != args.weights_name:
         raise ArgumentError(f"--weights-name {args.weights_name}: a file name, without folders (see --output-dir)")
     check_writable(args.output_dir, RUN_KIND, "Choose another --output-dir.")
@@ -328,6 +340,9 @@ def train(args: argparse.Namespace) -> dict:
         prefix=prefix,
         progress=not args.no_progress,
         tensorboard=args.tensorboard,
+        resume=args.resume,
+        epochs=args.epochs,
+        join_timeout=args.dist_timeout,
     )
     log.info(
         "training the %s net (%s) on %s (%s x %d), output in %s",

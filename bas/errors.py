@@ -35,6 +35,16 @@ class ArgumentError(UserError, ValueError):
 
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # as a shell reports a process stopped by Ctrl-C
+
+_interrupt_note = ""
+
+
+def set_interrupt_note(note: str) -> None:
+    """What a Ctrl-C should tell the user besides "interrupted" (a training run: the epoch
+    it was at, and how to continue); "" for nothing."""
+    global _interrupt_note
+    _interrupt_note = note
 
 
 def user_message(error: BaseException) -> str:
@@ -50,7 +60,8 @@ def user_message(error: BaseException) -> str:
 
 def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
     """Call ``main(argv)``; an expected error prints ``error: <message>`` on stderr and exits
-    with status 2, unless ``--debug`` is among the arguments (then the traceback is shown)."""
+    with status 2, a Ctrl-C prints ``interrupted ...`` and exits with status 130, unless
+    ``--debug`` is among the arguments (then the traceback is shown)."""
     args = sys.argv[1:] if argv is None else argv
     try:
         main(argv)
@@ -59,6 +70,11 @@ def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None 
             raise
         print(f"error: {user_message(error)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        if "--debug" in args:
+            raise
+        print(f"interrupted {_interrupt_note}".rstrip(), file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def require_positive(flag: str, value: float | None) -> None:

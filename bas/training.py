@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from bas.curves import draw_curves, scalars
 from bas.engine import (
+    JOIN_TIMEOUT_S,
     Average,
     JsonLines,
     SeededItems,
@@ -44,6 +45,7 @@ from bas.engine import (
     autocast,
     epoch_seed,
     finish_distributed,
+    gather_objects,
     init_distributed,
     load_state_dict_checked,
     loader_options,
@@ -52,8 +54,8 @@ from bas.engine import (
     save_atomic,
     seed_everything,
 )
-from bas.errors import ArgumentError, CheckpointError
-from bas.outputs import check_writable, claim
+from bas.errors import ArgumentError, CheckpointError, OutputError, UserError, set_interrupt_note
+from bas.outputs import LOCK, MARKER, check_writable, claim, hold, release
 
 log = logging.getLogger(__name__)
 
@@ -89,26 +91,69 @@ class TrainingRun:
         prefix: str = "",
         progress: bool = True,
         tensorboard: bool = False,
+        resume: bool = False,
+        epochs: int | None = None,
+        join_timeout: float = JOIN_TIMEOUT_S,
     ) -> None:
-        self.output_dir, self.kind, self.seed = Path(output_dir), kind, seed
+        self.output_dir, self.kind, self.seed, self.prefix = Path(output_dir), kind, seed, prefix
         check_writable(self.output_dir, kind, "Choose another --output-dir.")
         self._summary_writer = summary_writer_class() if tensorboard else None
         self._board_dir = self.output_dir / "tensorboard" / prefix.rstrip("_")
         self._board = None  # opened with the first epoch saved (see save)
         self._joined_here = not torch.distributed.is_initialized()
-        self.device, self.rank, self.world = init_distributed(device, local_rank)
+        self.device, self.rank, self.world = init_distributed(device, local_rank, join_timeout)
         self.main = self.rank == 0
-        if batch_size % self.world:
-            self.close()
-            raise ArgumentError(f"--batch-size {batch_size} (global) does not split over {self.world} processes")
-        self.batch_size = batch_size // self.world  # per process
         self.last = self.output_dir / f"{prefix}last.pth"
         self.history = JsonLines(self.output_dir / f"{prefix}log.jsonl")
+        self.resuming = resume
+        error = None
+        if self.main:
+            try:
+                hold(self.output_dir)  # one writer at a time, from now on
+                if not resume:
+                    self._refuse_earlier_run(epochs)
+            except UserError as caught:
+                error = caught
+        if batch_size % self.world:
+            error = ArgumentError(f"--batch-size {batch_size} (global) does not split over {self.world} processes")
+        error = gather_objects(error)[0]
+        if error is not None:
+            self.close()
+            raise error
+        self.batch_size = batch_size // self.world  # per process
         self.progress = progress and self.main
         self.start_epoch = 0
         self.sampler: ShuffledShards | None = None
         self._claimed = False
         seed_everything(seed)
+
+    def _refuse_earlier_run(self, epochs: int | None) -> None:
+        """A fresh run never writes over an earlier one in its folder: a finished run is
+        final, an unfinished one continues only with --resume."""
+        earlier = sorted(
+            entry.name
+            for entry in self.output_dir.iterdir()
+            if entry.name.startswith(self.prefix) and entry.name != MARKER and not entry.name.startswith(LOCK)
+        )
+        if not earlier:
+            return
+        records = self.history.records()
+        done = records[-1]["epoch"] if records else 0
+        if records and epochs is not None and done >= epochs:
+            raise OutputError(
+                f"{self.output_dir} holds a finished run ({done} epochs, {self.history.path.name}); a finished run is "
+                "final: its results are there. Choose another --output-dir."
+            )
+        if records or self.last.is_file():
+            planned = f" of {epochs}" if epochs is not None else ""
+            raise OutputError(
+                f"{self.output_dir} holds an unfinished run ({done}{planned} epochs in {self.last.name}): add "
+                "--resume to continue it, or choose another --output-dir."
+            )
+        shown = ", ".join(earlier[:3]) + (", ..." if len(earlier) > 3 else "")
+        raise OutputError(
+            f"{self.output_dir} holds files of an earlier run ({shown}); nothing was written. Choose another --output-dir."
+        )
 
     # ------------------------------------------------------------------------ set-up
     def loader(self, dataset: Dataset, workers: int, drop_last: bool = False) -> DataLoader:
@@ -190,6 +235,9 @@ class TrainingRun:
         """Epochs ``start`` .. ``end - 1``, each begun by reseeding every generator from
         (seed, epoch, rank) and setting the loader's epoch."""
         for epoch in range(start, end):
+            saved = f"{self.last} holds epoch {epoch}" if epoch else "no epoch was saved"
+            again = "rerun the same command" if self.resuming else "rerun with --resume"
+            set_interrupt_note(f"at epoch {epoch + 1} of {end} ({saved}): {again} to continue")
             seed_everything(epoch_seed(self.seed, epoch) + self.rank)
             if self.sampler is not None:
                 self.sampler.set_epoch(epoch)
@@ -276,8 +324,11 @@ class TrainingRun:
         (a pipeline's next stage reads it), and leave the process group if this run joined it."""
         if self._board is not None:
             self._board.close()
+        set_interrupt_note("")
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
+        if self.main:
+            release(self.output_dir)
         if self._joined_here:
             finish_distributed()
 

@@ -129,7 +129,7 @@ def test_a_crash_while_saving_an_epoch_loses_no_log_line(tmp_path, monkeypatch, 
     monkeypatch.undo()
     run.close()
 
-    resumed = TrainingRun(tmp_path, "test-run", 1, 0, "cpu", progress=False)
+    resumed = TrainingRun(tmp_path, "test-run", 1, 0, "cpu", progress=False, resume=True)
     done = resumed.resume(model, optimizer, scaler)["epoch"]
     resumed.claim()
     assert [record["epoch"] for record in resumed.history.records()] == list(range(1, done + 1))
@@ -144,11 +144,11 @@ def test_resume_checks_the_settings_the_checkpoint_records(tmp_path):
     run.save(model, optimizer, scaler, 1, {"epoch": 1, "lr": 0.1, "train": {"loss": 1.0}}, settings={"lr": 0.1})
     run.close()
     with pytest.raises(UserError, match=r"last\.pth was trained with lr 0\.1, not 0\.2: resume with the same flags"):
-        TrainingRun(tmp_path, "test-run", 1, 0, "cpu").resume(model, optimizer, scaler, settings={"lr": 0.2})
+        TrainingRun(tmp_path, "test-run", 1, 0, "cpu", resume=True).resume(model, optimizer, scaler, settings={"lr": 0.2})
     # A setting added since the checkpoint was written is not held against it.
-    resumed = TrainingRun(tmp_path, "test-run", 1, 0, "cpu").resume(model, optimizer, scaler, {"lr": 0.1, "new": 3})
+    resumed = TrainingRun(tmp_path, "test-run", 1, 0, "cpu", resume=True).resume(model, optimizer, scaler, {"lr": 0.1, "new": 3})
     assert resumed["epoch"] == 1
     # A checkpoint written before settings were saved is held to the flags it saved.
     run.save(model, optimizer, scaler, 2, {"epoch": 2, "lr": 0.1, "train": {"loss": 1.0}}, args={"lr": 0.1})
     with pytest.raises(UserError, match=r"trained with lr 0\.1, not 0\.2"):
-        TrainingRun(tmp_path, "test-run", 1, 0, "cpu").resume(model, optimizer, scaler, settings={"lr": 0.2})
+        TrainingRun(tmp_path, "test-run", 1, 0, "cpu", resume=True).resume(model, optimizer, scaler, settings={"lr": 0.2})

@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> Path:
     progress = not args.no_progress
     prefix = f"{weights.stem}_"  # beside other nets, and other IRNs (run_sample trains one per seed variant)
     run = TrainingRun(
-        weights.parent, RUN_KIND, setup["batch_size"], SEED, args.device, args.local_rank, prefix, progress
+        weights.parent, RUN_KIND, setup["batch_size"], SEED, args.device, args.local_rank, prefix, progress, resume=True
     )
     log.info(
         "training IRN (%s) on %s (%s x %d), weights to %s",

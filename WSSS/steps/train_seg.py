@@ -183,7 +183,15 @@ def run(args: argparse.Namespace) -> Path:
     progress = not getattr(args, "no_progress", False)
     prefix = f"{weights.stem}_"  # beside other nets, and other segmentation nets (one per seed variant)
     run = TrainingRun(
-        weights.parent, RUN_KIND, setup["batch_size"], setup["seed"], args.device, args.local_rank, prefix, progress
+        weights.parent,
+        RUN_KIND,
+        setup["batch_size"],
+        setup["seed"],
+        args.device,
+        args.local_rank,
+        prefix,
+        progress,
+        resume=True,
     )
     log.info("training %s on the masks in %s (%s x %d)", setup["arch"], args.sem_seg_out_dir, run.device, run.world)
     loader = run.loader(train_set, args.num_workers, drop_last=True)  # full batches: BatchNorm needs 2 or more
