@@ -133,7 +133,8 @@ def test_stage_writes_each_label_once_and_atomically(voc, tmp_path):
     out = tmp_path / "ir"
     assert cam_to_ir_label.run(stage_args(voc, out)) == 5
     names = sorted(os.listdir(out))
-    assert names == sorted([".bas-output.json", *(f"{s.image_id}.png" for s in voc.samples)])  # no temporary file
+    # No temporary file; the lock says this process still holds the folder.
+    assert names == sorted([".bas-lock", ".bas-output.json", *(f"{s.image_id}.png" for s in voc.samples)])
     for sample in voc.samples:
         labels = datasets.read_mask(out / f"{sample.image_id}.png", 4)
         keys, cams = read_seed(seed_path(voc.cam, sample.image_id))
@@ -142,10 +143,10 @@ def test_stage_writes_each_label_once_and_atomically(voc, tmp_path):
         assert set(np.unique(labels)) <= {0, 255, *(np.flatnonzero(sample.label) + 1)}
     stamps = {name: (out / name).stat().st_mtime_ns for name in names}
     assert cam_to_ir_label.run(stage_args(voc, out)) == 0  # all there: nothing made again
-    (out / names[1]).unlink()
+    (out / names[2]).unlink()
     assert cam_to_ir_label.run(stage_args(voc, out, num_workers=1)) == 1
-    assert {name: (out / name).stat().st_mtime_ns for name in names if name != names[1]} == {
-        name: stamp for name, stamp in stamps.items() if name != names[1]
+    assert {name: (out / name).stat().st_mtime_ns for name in names if name != names[2]} == {
+        name: stamp for name, stamp in stamps.items() if name != names[2]
     }
     assert sorted(os.listdir(out)) == names
 
@@ -183,7 +184,7 @@ def test_a_missing_seed_stops_before_any_work_naming_the_file(voc, tmp_path):
         cam_to_ir_label.run(stage_args(voc, tmp_path / "ir", cam_out_dir=cam))
     message = str(caught.value)
     assert "\n" not in message and str(seed_path(cam, voc.samples[0].image_id)) in message and "make_cam" in message
-    assert os.listdir(tmp_path / "ir") == [".bas-output.json"]
+    assert sorted(os.listdir(tmp_path / "ir")) == [".bas-lock", ".bas-output.json"]
 
 
 # ------------------------------------------------------------------------ eval_sem_seg

@@ -105,7 +105,8 @@ def test_stage_writes_a_mask_per_image_and_skips_existing(voc, tmp_path):
     write_seeds(voc, tmp_path / "seeds", ids)
     assert run(stage_args(voc, tmp_path)) == 3
     masks = tmp_path / "masks"
-    assert sorted(os.listdir(masks)) == sorted([".bas-output.json"] + [f"{i}.png" for i in ids])  # no temporary file
+    # No temporary file; the lock says this process still holds the folder.
+    assert sorted(os.listdir(masks)) == sorted([".bas-lock", ".bas-output.json"] + [f"{i}.png" for i in ids])
     for image_id in ids:
         mask = np.asarray(Image.open(masks / f"{image_id}.png"))
         truth = np.asarray(Image.open(voc / "SegmentationClass" / f"{image_id}.png"))
@@ -121,7 +122,7 @@ def test_stage_writes_a_mask_per_image_and_skips_existing(voc, tmp_path):
     os.utime(irn, ns=(irn.stat().st_atime_ns, irn.stat().st_mtime_ns + 10**9))
     with pytest.raises(OutputError, match=r"'irn': \{'bytes': \d+, 'name': 'irn.pth', 'written'"):
         run(stage_args(voc, tmp_path))
-    assert sorted(os.listdir(masks)) == sorted([".bas-output.json"] + [f"{i}.png" for i in ids])
+    assert sorted(os.listdir(masks)) == sorted([".bas-lock", ".bas-output.json"] + [f"{i}.png" for i in ids])
 
 
 def test_a_seed_of_another_size_is_named(voc, tmp_path):
