@@ -33,7 +33,7 @@ def each_item(
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, indices), batch_size=None, num_workers=workers, pin_memory=pin_memory
     )
-    yield from zip(indices, tqdm(loader, total=len(indices), desc=desc, disable=not progress))
+    yield from zip(indices, tqdm(loader, total=len(indices), desc=desc, disable=None if progress else True))
 
 
 def total(count: int) -> int:

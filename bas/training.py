@@ -261,7 +261,7 @@ class TrainingRun:
         batch (e.g. a per-step learning-rate schedule); ``step`` counts from 0 in the epoch."""
         model.train()
         meters: dict[str, Average] = {}
-        progress = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not self.progress)
+        progress = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=None if self.progress else True)
         layout = memory_format(channels_last)
         for step, (images, labels, _) in enumerate(progress):
             if before_step is not None:

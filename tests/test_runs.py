@@ -236,3 +236,10 @@ def test_a_missing_rank_is_named_instead_of_waited_for(data_dir, tmp_path):
                       "with the same MASTER_ADDR:MASTER_PORT"]  # fmt: skip
     assert time.monotonic() - started < 60
     assert not (tmp_path / "run").exists()
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(data_dir, tmp_path, capsys):
+    argv = ["--data-dir", str(data_dir), "--output-dir", str(tmp_path / "run"), "--workers", "0", "--epochs", "1"]
+    train_script.train(train_script.get_args_parser().parse_args([*argv, "--batch-size", "16", "--threshold", "0.3"]))
+    err = capsys.readouterr().err  # a file, as a log would be
+    assert "\r" not in err and "it/s" not in err

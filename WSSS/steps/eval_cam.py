@@ -69,7 +69,7 @@ def score_files(
     (default: all), each mask read once: the loop of every stage that scores a folder of
     per-image files. A ValueError of the scoring (a size, a label) names the file and the mask."""
     indices = range(len(masks)) if indices is None else indices
-    for index in tqdm(indices, desc=desc, disable=not progress, leave=False):
+    for index in tqdm(indices, desc=desc, disable=None if progress else True, leave=False):
         image_id, gt = masks[index]
         path = path_of(image_id)
         try:

@@ -159,7 +159,7 @@ def displacement_mean(model: IRN, samples: list[Sample], crop: int, batch_size: 
     model.eval()
     means = [
         model(images.to(device))[1].mean((0, 2, 3))
-        for images, _, _ in tqdm(loader, desc="displacement mean", leave=False, disable=not progress)
+        for images, _, _ in tqdm(loader, desc="displacement mean", leave=False, disable=None if progress else True)
     ]
     return torch.stack(means).mean(0)
 
