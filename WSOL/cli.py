@@ -58,6 +58,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "folder); with --metadata and --maps, only needed where image_sizes.txt does not give every size",
     )
     group.add_argument(
+        "--make-synthetic",
+        action="store_true",
+        help=f"--root Synthetic: write the demo set into a --data-dir that does not exist (without this flag only "
+        f"{DEFAULT_DATA_DIRS['Synthetic']} is made, so that a mistyped --data-dir is reported)",
+    )
+    group.add_argument(
         "--metadata",
         type=Path,
         help="a wsolevaluation metadata folder (metadata/<DS>, holding train/ val/ test/); "
@@ -210,6 +216,13 @@ def load_samples(args: argparse.Namespace, split: str, images: bool = True) -> l
     if args.metadata is not None and not images:
         return datasets.wsol_metadata(args.metadata / split, None)
     if args.root == "Synthetic":  # written on first use, in the CUB release format
+        default = DEFAULT_DATA_DIRS["Synthetic"]  # relative to the current folder
+        at_default = os.path.abspath(args.data_dir) == os.path.abspath(default)
+        if not (args.data_dir.exists() or args.make_synthetic or at_default):
+            raise datasets.DatasetError(
+                f"{args.data_dir}: no such folder; the demo set is written only to {default}, "
+                "or elsewhere with --make-synthetic"
+            )
         ensure_synthetic(args.data_dir, hint=synthetic_hint(args.data_dir))
     if args.metadata is not None:
         return datasets.wsol_metadata(args.metadata / split, args.data_dir, args.mask_dir)

@@ -30,6 +30,7 @@ as ``x=a y=c width=b-a+1 height=d-c+1``, i.e. x + width is one past the last pix
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -37,6 +38,8 @@ import numpy as np
 from PIL import Image
 
 from bas.outputs import build_folder, read_marker
+
+log = logging.getLogger(__name__)
 
 KIND = "WSOL synthetic set"
 GENERATOR_VERSION = 2  # recorded in the marker: a change in the drawing rebuilds the sets written before it
@@ -118,8 +121,9 @@ def make_synthetic(
 ) -> Path:
     """Write the set under ``root`` (into a temporary sibling, renamed when complete).
 
-    ``root`` must be absent, empty, or this project's own synthetic set: any other folder
-    stops with ``bas.errors.OutputError`` (``hint`` ends its message) and is left as it is.
+    ``root`` must be absent, empty, or this project's own synthetic set holding only the
+    files it wrote: any other folder stops with ``bas.errors.OutputError`` (``hint`` ends
+    its message when the folder is not ours) and is left as it is.
     """
     params = dict(
         num_classes=num_classes, num_train=num_train, num_test=num_test, size=size, seed=seed,
@@ -127,6 +131,7 @@ def make_synthetic(
     )  # fmt: skip
 
     def write(folder: Path) -> None:
+        log.info("writing the demo set (%d images) to %s ...", num_train + num_test, root)
         class_dirs = [f"{c + 1:03d}.Class_{c + 1}" for c in range(num_classes)]
         for class_dir in class_dirs:
             (folder / "images" / class_dir).mkdir(parents=True)

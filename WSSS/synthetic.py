@@ -37,6 +37,7 @@ BAS, as on real images where a bird's head names the species and its body does n
 from __future__ import annotations
 
 import inspect
+import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -46,6 +47,8 @@ from PIL import Image
 
 from bas.outputs import build_folder, read_marker
 from WSSS.datasets import IGNORE, voc_palette
+
+log = logging.getLogger(__name__)
 
 KIND = "wsss-synthetic"
 GENERATOR_VERSION = 2  # recorded in the marker: a change in the drawing rebuilds the sets written before it
@@ -187,8 +190,9 @@ def make_synthetic_voc(
     hint: str = "",
 ) -> Path:
     """Write the set under ``root`` (a VOCdevkit: ``root/VOC2012/...``), replacing an earlier
-    build of ours; a folder with anything else in it stops with ``bas.errors.OutputError``
-    (``hint`` ends its message) and is left as it is. Returns ``root``. Images are
+    build of ours that holds only the files it wrote; a folder with anything else in it stops
+    with ``bas.errors.OutputError`` (``hint`` ends its message when the folder is not ours)
+    and is left as it is. Returns ``root``. Images are
     ``min_size``..``max_size`` px a side (each side drawn)."""
     _check(num_classes, num_train_aug, num_train, num_val, min_size, max_size)
     params = dict(
@@ -199,6 +203,7 @@ def make_synthetic_voc(
     palette = voc_palette()
 
     def write(folder: Path) -> None:
+        log.info("writing the demo set (%d images) to %s ...", num_train_aug + num_val, root)
         voc = folder / "VOC2012"
         folders = ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation")
         for name in folders:

@@ -229,8 +229,8 @@ def _own_files(folder: Path, kind: str) -> list[str]:
     marker = read_marker(folder) or {"files": []}  # no marker: check_writable found the folder empty
     if not isinstance(marker.get("files"), list):
         raise OutputError(
-            f"{folder} holds a {kind} written before this project listed the files it writes: remove it "
-            f"(rm -r {folder}), once anything of yours is moved out of it, to have it written again; nothing was changed"
+            f"{folder} holds a {kind} written before this project listed the files it writes: remove it (rm -r "
+            f"{folder}), once anything of yours is moved out of it, to have it written again; nothing was changed"
         )
     listed = set(marker["files"]) | {MARKER}
     folders = {parent.as_posix() for name in listed for parent in Path(name).parents}

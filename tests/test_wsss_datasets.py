@@ -723,8 +723,9 @@ def test_synthetic_built_once_and_rebuilt_on_new_parameters(tmp_path):
     (root / "sentinel").write_text("kept")
     assert ensure_synthetic_voc(folder, **SMALL) == root
     assert (root / "sentinel").exists() and (root / "JPEGImages/2000_000001.jpg").stat().st_mtime_ns == stamp
+    (root / "sentinel").unlink()  # a file of the user's would stop the rebuild (test_synthetic_safety.py)
     ensure_synthetic_voc(folder, **{**SMALL, "num_val": 6})
-    assert not (root / "sentinel").exists() and len(datasets.voc_samples(root, "val")) == 6
+    assert len(datasets.voc_samples(root, "val")) == 6
 
 
 def test_synthetic_leaves_a_foreign_folder_alone(tmp_path):
