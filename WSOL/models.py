@@ -16,7 +16,7 @@ from torch import nn
 
 from bas.amc import GeneratorOutput, activation_map_constraint, global_average, mean_class_map, pick
 from bas.backbones import Backbone, build_backbone, load_imagenet_weights
-from bas.engine import load_state_dict_checked, read_checkpoint
+from bas.engine import Checkpoint, load_state_dict_checked, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +159,9 @@ def convert_original_state_dict(model: Generator, state_dict: dict[str, torch.Te
 def load_checkpoint(model: Generator, checkpoint: str | Path | dict) -> dict:
     """Load our checkpoints or the original release (``{'model': state_dict}``, keys
     possibly ``module.``-prefixed) into ``model``; returns the checkpoint's other entries."""
-    source = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
     if not isinstance(checkpoint, dict):
         checkpoint = read_checkpoint(checkpoint)
+    source = str(checkpoint.path) if isinstance(checkpoint, Checkpoint) else "checkpoint"
     state_dict = _strip_module_prefix(checkpoint["model"])
     if not any(k.startswith(("head.", "tail.")) for k in state_dict):
         state_dict = convert_original_state_dict(model, state_dict)

@@ -18,10 +18,8 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
 from bas.amc import bas_loss
-from bas.engine import gather_objects, save_atomic, set_step_lr, sgd, share_buffers
+from bas.engine import gather_objects, read_checkpoint, save_atomic, set_step_lr, sgd, share_buffers
 from bas.errors import ArgumentError, require_positive, require_unit_interval, run_main
 from bas.outputs import check_writable, write_text_atomic
 from bas.training import TrainingRun, add_tensorboard_flag, epoch_line, flag_values, jsonable_args
@@ -206,7 +204,7 @@ def best_checkpoint_line(path: Path) -> str:
     numbers are that epoch's, not the last one's."""
     if not path.is_file():
         return f"no {path.name} was written (no evaluation ran)"
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path)
     metrics = checkpoint["metrics"]
     return (
         f"{path} holds epoch {checkpoint['epoch']}, the best top-1 loc + GT-known "

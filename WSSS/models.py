@@ -34,7 +34,7 @@ from torch import nn
 
 from bas.amc import GeneratorOutput, activation_map_constraint, bas_loss, pick
 from bas.backbones import Backbone, load_imagenet_weights, resnet50, tiny
-from bas.engine import load_state_dict_checked, read_checkpoint
+from bas.engine import Checkpoint, load_state_dict_checked, read_checkpoint
 from bas.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -277,11 +277,11 @@ def load_checkpoint(model: MultiLabelNet, checkpoint: str | Path | dict) -> dict
     BAS release (``epoch_10.pth.tar``: a bare state dict, ``module.`` keys) or IRN's
     ``res50_cam.pth``; a path or an already loaded dict. Returns the checkpoint's other
     entries. A file that does not fit raises ``CheckpointError`` naming it."""
-    source = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
     if not isinstance(checkpoint, dict):
         checkpoint = read_checkpoint(checkpoint)
     elif not isinstance(checkpoint.get("model"), dict):
         checkpoint = {"model": checkpoint}
+    source = str(checkpoint.path) if isinstance(checkpoint, Checkpoint) else "checkpoint"
     state_dict = {k.removeprefix("module."): v for k, v in checkpoint["model"].items()}
     if not any(k.startswith(("head.", "tail.")) for k in state_dict):
         state_dict = convert_original_state_dict(model, state_dict, source)

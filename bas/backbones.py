@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -23,6 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tvm
 from torchvision.models import inception as tv_inception
+
+from bas.engine import load_torch_file
+from bas.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +276,7 @@ def load_backbone_state(backbone: Backbone, state_dict: dict[str, torch.Tensor],
     used, ignored = [], []
     with torch.no_grad():
         for key, value in state_dict.items():
-            name = backbone.translate_key(key)
+            name = backbone.translate_key(key) if isinstance(value, torch.Tensor) else None
             if name is None or name not in targets or targets[name][1].shape != value.shape:
                 ignored.append(key)
                 continue
@@ -287,12 +289,14 @@ def load_backbone_state(backbone: Backbone, state_dict: dict[str, torch.Tensor],
 def load_backbone_by_position(backbone: Backbone, state_dict: dict[str, torch.Tensor], source: str) -> LoadReport:
     """Copy tensors in order, skipping ``num_batches_tracked`` (the classic MobileNetV1 file)."""
     targets = [(n, t) for n, (_, t) in _backbone_keys(backbone).items() if not n.endswith("num_batches_tracked")]
-    values = [(k, v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")]
+    values = [
+        (k, v) for k, v in state_dict.items() if isinstance(v, torch.Tensor) and not k.endswith("num_batches_tracked")
+    ]
     used, ignored = [], []
     with torch.no_grad():
         for (name, target), (key, value) in zip(targets, values):
             if target.shape != value.shape:
-                raise ValueError(
+                raise CheckpointError(
                     f"{source}: tensor #{len(used)} {key!r} has shape {tuple(value.shape)}, "
                     f"but {name!r} needs {tuple(target.shape)}; not a MobileNetV1 (ReLU, width 1.0) file"
                 )
@@ -333,19 +337,21 @@ def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
 
 
 def load_imagenet_weights(arch: str, backbone: Backbone, pretrained: str) -> LoadReport:
-    """``pretrained`` is "imagenet" (torchvision enums) or a path to a state dict file."""
+    """``pretrained`` is "imagenet" (torchvision enums) or a path to a state dict file. A file
+    that holds no state dict, or none of whose tensors fits, stops with a ``CheckpointError``."""
     if pretrained == "imagenet":
         state_dict, source = _imagenet_state_dict(arch), f"{arch} ImageNet weights"
     else:
-        path = Path(pretrained)
-        if not path.is_file():
-            raise FileNotFoundError(f"pretrained weights not found: {path}")
-        state_dict, source = torch.load(path, map_location="cpu", weights_only=True), str(path)
-        if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
+        state_dict, source = load_torch_file(pretrained, f"a state dict of {arch} weights"), pretrained
+        if isinstance(state_dict.get("state_dict"), dict):
             state_dict = state_dict["state_dict"]
-    if arch == "mobilenet":
-        return load_backbone_by_position(backbone, state_dict, source)
-    report = load_backbone_state(backbone, state_dict, source)
+    by_position = arch == "mobilenet"
+    report = (load_backbone_by_position if by_position else load_backbone_state)(backbone, state_dict, source)
     if not report.used:
-        raise ValueError(f"{source}: no key matches the {arch} backbone (expected torchvision key names)")
+        counts = [(report.ignored, "unexpected"), (report.missing, "missing")]
+        examples = "; ".join(f"{len(keys)} {kind} (e.g. {keys[0]})" for keys, kind in counts if keys)
+        expected = "MobileNetV1's tensors in order" if by_position else "torchvision key names"
+        raise CheckpointError(
+            f"{source} does not fit the {arch} backbone: no tensor matches; {examples}; expected {expected}"
+        )
     return report

@@ -9,6 +9,7 @@ import torch
 from torchvision import models as tvm
 
 from bas.backbones import build_backbone, load_imagenet_weights
+from bas.errors import CheckpointError
 from WSOL.models import build_model, convert_original_state_dict, load_checkpoint
 
 TORCHVISION = {
@@ -68,13 +69,13 @@ def test_classic_mobilenet_file_loads_by_position(tmp_path):
 
 
 def test_wrong_weight_files_are_refused(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
+    with pytest.raises(CheckpointError, match="missing.pth: no such file"):
         build_model("resnet", 3, pretrained=tmp_path / "missing.pth")
     torch.save({"something.else": torch.zeros(3)}, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match="no key matches the resnet backbone"):
+    with pytest.raises(CheckpointError, match="other.pth does not fit the resnet backbone: no tensor matches"):
         build_model("resnet", 3, pretrained=tmp_path / "other.pth")
     torch.save({"a": torch.zeros(3, 3, 3, 3)}, tmp_path / "not_mobilenet.pth")
-    with pytest.raises(ValueError, match="tensor #0 'a'"):
+    with pytest.raises(CheckpointError, match="tensor #0 'a'"):
         build_model("mobilenet", 3, pretrained=tmp_path / "not_mobilenet.pth")
 
 
