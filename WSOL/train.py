@@ -131,6 +131,9 @@ def train(args: argparse.Namespace) -> dict:
         args.local_rank,
         progress=not args.no_progress,
         tensorboard=args.tensorboard,
+        resume=args.resume,
+        epochs=args.epochs,
+        join_timeout=args.dist_timeout,
     )
     device = run.device
     log.info(

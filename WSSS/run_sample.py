@@ -26,6 +26,7 @@ import logging
 import os
 from pathlib import Path
 
+from bas.cli import add_process_flags
 from bas.engine import finish_distributed, first_on_rank_zero, init_distributed
 from bas.errors import ArgumentError, require_positive, require_unit_interval, run_main
 from WSSS import datasets
@@ -167,9 +168,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add(group, "num_workers", type=int, default=(os.cpu_count() or 2) // 2, help="data loader processes")
     _add(group, "device", help="default: cuda when present, else cpu (under torchrun: the local rank's GPU)")
     _add(group, "no_progress", action="store_true", help="no progress bars (for logs)")
-    _add(group, "debug", action="store_true", help="show the traceback of an expected error too")
-    # The legacy launcher (python -m torch.distributed.launch) passes the local rank as a flag.
-    _add(group, "local_rank", type=int, help=argparse.SUPPRESS)
+    add_process_flags(group)
 
     group = parser.add_argument_group("dataset")
     lists = "a list name under ImageSets/Segmentation (or SegmentationAug), or a list file (voc12/train_aug.txt)"
@@ -355,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     check_args(args)
     stages = selected_stages(args)
-    args.device, args.rank, args.world = init_distributed(args.device, args.local_rank)
+    args.device, args.rank, args.world = init_distributed(args.device, args.local_rank, args.dist_timeout)
     try:
         fill_dataset_defaults(args)
         reports = {}
