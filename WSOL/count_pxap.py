@@ -35,7 +35,7 @@ from WSOL.cli import (
     resolve_preset,
 )
 from WSOL.datasets import Sample, test_transform
-from WSOL.inference import evaluation_loader, predict, saved_map_batches
+from WSOL.inference import evaluation_loader, map_topk, predict, saved_map_batches
 
 log = logging.getLogger("count_pxap")
 
@@ -63,7 +63,7 @@ def model_batches(args: argparse.Namespace, model, values, device, samples: list
     transform = test_transform(values.crop, values.crop)
     loader = evaluation_loader(samples, transform, args.batch_size, args.workers, device, rank, world)
     progress = not args.no_progress and rank == 0
-    for batch in predict(model, loader, device, args.topk or values.topk, args.amp, progress, args.channels_last):
+    for batch in predict(model, loader, device, args.topk, args.amp, progress, args.channels_last):
         yield [samples[i] for i in batch.indices], batch.maps
 
 
@@ -84,6 +84,7 @@ def evaluate(args: argparse.Namespace, device: torch.device, rank: int = 0, worl
         evaluation_output_dir(args)
     else:
         model, _, values = model_for_evaluation(args, device)
+        args.topk = map_topk(args.topk, values.topk, args.num_classes)
         evaluation_output_dir(args)
         samples = with_masks(load_samples(args, args.split), args)
         batches, size = model_batches(args, model, values, device, samples, rank, world), values.crop

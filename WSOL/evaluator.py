@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,8 @@ import torch
 from PIL import Image
 
 from bas.engine import finish_distributed, gather_objects, init_distributed
-from bas.errors import ArgumentError, require_unit_interval, run_main
-from bas.outputs import check_writable, claim, read_marker, write_text_atomic
+from bas.errors import ArgumentError, OutputError, require_unit_interval, run_main
+from bas.outputs import check_writable, claim, input_stamp, read_marker, write_text_atomic
 from bas.viz import overlay, save_rgb
 from WSOL import metrics
 from WSOL.cli import (
@@ -44,11 +45,13 @@ from WSOL.inference import (
     box_results,
     evaluation_loader,
     image_size,
+    map_topk,
     maxboxacc_counts,
     predict,
     save_maps,
     saved_map_batches,
 )
+from WSOL.presets import Preset
 
 log = logging.getLogger("evaluator")
 
@@ -115,10 +118,11 @@ def evaluate_model(args: argparse.Namespace, device: torch.device, rank: int = 0
     share of the test set and every process returns the whole set's report."""
     model, extra, values = model_for_evaluation(args, device)
     args.threshold = args.threshold or [extra.get("best_thr") or values.threshold]
-    args.topk = args.topk or values.topk
+    args.topk = map_topk(args.topk, values.topk, args.num_classes)
     output = evaluation_output_dir(args)
     if args.save_maps:
-        check_writable(args.save_maps, MAPS_KIND, "Choose another --save-maps folder.")
+        made_of = maps_made_of(args, values)
+        check_maps_folder(args.save_maps, made_of)
     samples = load_samples(args, args.split)
     progress = not args.no_progress and rank == 0
 
@@ -140,7 +144,7 @@ def evaluate_model(args: argparse.Namespace, device: torch.device, rank: int = 0
     if not args.no_maxboxacc or args.save_maps:
         uncropped = batches(test_transform(values.crop, values.crop))
         if args.save_maps:
-            folder = claim(args.save_maps, MAPS_KIND, thresholds=args.threshold, checkpoint=str(args.checkpoint))
+            folder = claim(args.save_maps, MAPS_KIND, thresholds=args.threshold, **made_of)
             uncropped = _saving(uncropped, samples, folder, values.crop)
         if args.no_maxboxacc:
             for _ in uncropped:  # the maps are only saved
@@ -149,6 +153,41 @@ def evaluate_model(args: argparse.Namespace, device: torch.device, rank: int = 0
             counts = sum(gather_objects(maxboxacc_counts(uncropped, samples, values.crop)))
             report.update(metrics.maxboxacc_from_counts(counts, len(samples)))
     return report
+
+
+def maps_made_of(args: argparse.Namespace, values: Preset) -> dict:
+    """What shapes saved maps, as their folder's marker records it: the weights (name, size,
+    time written) and the settings a map depends on. The thresholds and ten-crop
+    classification change no map."""
+    settings = {"topk": args.topk, "size": values.crop, "precision": args.amp or "fp32"}
+    return {"weights": input_stamp(args.checkpoint), "settings": settings}
+
+
+def _maps_origin(made_of: dict) -> str:
+    weights, settings = made_of.get("weights"), made_of.get("settings")
+    if not weights or not settings:
+        return "weights it does not record"
+    written = datetime.fromtimestamp(weights["written"] / 1e9).isoformat(sep=" ", timespec="seconds")
+    size = settings["size"]
+    return (
+        f"{weights['name']} ({weights['bytes']} bytes, written {written}; "
+        f"top-{settings['topk']} maps, {size} x {size}, {settings['precision']})"
+    )
+
+
+def check_maps_folder(folder: Path, made_of: dict) -> None:
+    """--save-maps adds maps only to a folder of maps made as these are: an interrupted run
+    into another model's maps would leave a mixture that --maps scores as one model."""
+    check_writable(folder, MAPS_KIND, "Choose another --save-maps folder.")
+    marker = read_marker(folder)  # None, or a maps folder's
+    if marker is None:
+        return
+    recorded = {key: marker.get(key) for key in made_of}
+    if recorded != json.loads(json.dumps(made_of)):
+        raise OutputError(
+            f"{folder} holds maps of {_maps_origin(recorded)}, not of {_maps_origin(made_of)}; "
+            "choose another --save-maps or remove it"
+        )
 
 
 class _Both:

@@ -3,6 +3,7 @@ scored with ``WSOL.metrics``. Shared by train.py (model selection) and evaluator
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,27 @@ from tqdm import tqdm
 
 from bas.amc import global_average
 from bas.engine import autocast, loader_options, memory_format
+from bas.errors import ArgumentError
 from bas.outputs import replace_atomic
 from WSOL import metrics
 from WSOL.datasets import DatasetError, ImageDataset, Sample
 from WSOL.models import Generator
+
+log = logging.getLogger(__name__)
+
+
+def map_topk(requested: int | None, preset: int, num_classes: int) -> int:
+    """The classes a map averages: ``requested`` (--topk), else the preset's. A preset's k above
+    the model's classes (CUB's 80 or 200 on a smaller model) takes every class, the
+    class-agnostic map it stands for, and says so; a requested k above them stops."""
+    if requested is not None:
+        if requested > num_classes:
+            raise ArgumentError(f"--topk {requested}: the model has {num_classes} classes")
+        return requested
+    if preset > num_classes:
+        log.info("top-k %d of the preset: the model has %d classes, maps of all %d", preset, num_classes, num_classes)
+        return num_classes
+    return preset
 
 
 @dataclass
@@ -46,7 +64,8 @@ def predict(
     """
     model.eval()
     layout = memory_format(channels_last)
-    for images, labels, indices in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+    # disable=None: no bar where stderr is no terminal (a log file), even when ``progress``.
+    for images, labels, indices in tqdm(loader, desc="evaluate", leave=False, disable=None if progress else True):
         tencrop = None
         if isinstance(images, (list, tuple)):
             images, tencrop = images
