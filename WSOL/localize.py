@@ -5,8 +5,11 @@ the box at a CAM threshold, and a heat-map overlay; results.json and results.csv
     python localize.py --checkpoint resnet50_cub.pth.tar --root CUB --arch resnet 'photos/*.jpg' --output-dir out/
 
 Inputs are image files, folders (their images, recursively) and glob patterns (quoted, so that
-the pattern reaches the script). Checkpoints are ours (they record arch, method, classes and
-dataset) or the original release's ({'model', 'best_thr', 'epoch'}: pass --root and --arch).
+the pattern reaches the script); an image that cannot be read is skipped with a warning, the
+others' results are written, and the script then fails, saying how many were skipped.
+Checkpoints are ours (they record arch, method, classes and dataset) or the original release's
+({'model', 'best_thr', 'epoch'}: pass --root and --arch). A second run into the same
+--output-dir replaces the first one's results as a whole.
 
 The box is the original protocol's: the map is min-max normalized, resized (bilinear) to the
 crop size, kept where > threshold, and the largest 8-connected component's bounding box is
@@ -36,17 +39,27 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from torch.utils.data import default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
 from bas.amc import global_average
 from bas.engine import autocast, loader_options, memory_format, pick_device, read_checkpoint
-from bas.errors import ArgumentError, CheckpointError, DatasetError, require_positive, require_unit_interval, run_main
-from bas.outputs import check_writable, claim, write_text_atomic
+from bas.errors import (
+    ArgumentError,
+    CheckpointError,
+    DatasetError,
+    OutputError,
+    require_positive,
+    require_unit_interval,
+    run_main,
+)
+from bas.outputs import MARKER, build_folder, check_writable, read_marker, write_text_atomic
 from bas.viz import overlay, save_rgb
 from WSOL import metrics
 from WSOL.cli import add_model_arguments, add_speed_arguments, class_names, model_for_evaluation
 from WSOL.datasets import load_rgb, test_transform
+from WSOL.inference import map_topk
 from WSOL.models import Generator
 from WSOL.presets import PRESETS
 
@@ -67,6 +80,14 @@ class Localization:
     components: np.ndarray  # k x 4 boxes of every component, largest first; (0, 4) unless asked
     areas: np.ndarray  # k, each component's share of the image's area
     score_map: np.ndarray  # crop x crop float32 in [0, 1]: the normalized map the boxes come from
+
+
+@dataclass
+class Unreadable:
+    """An image ``localize_images`` could not read, in its place among the results."""
+
+    path: Path
+    message: str  # why, naming the file
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -99,7 +120,8 @@ def read_image(path: Path) -> Image.Image:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Paths -> (image resized to crop x crop, (width, height) of the original, index)."""
+    """Paths -> (image resized to crop x crop, (width, height) of the original, index, None), or
+    (None, None, index, why) for a file that cannot be read, so that one such file stops no run."""
 
     def __init__(self, paths: Sequence[Path], crop: int) -> None:
         self.paths = list(paths)
@@ -108,9 +130,20 @@ class ImageFiles(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        image = read_image(self.paths[index])
-        return self.transform(image), torch.tensor(image.size), index
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, torch.Tensor | None, int, str | None]:
+        try:
+            image = read_image(self.paths[index])
+        except DatasetError as error:
+            return None, None, index, str(error)
+        return self.transform(image), torch.tensor(image.size), index, None
+
+
+def readable_batch(items: list[tuple]) -> tuple[list | None, list[tuple[int, str]]]:
+    """The loader's batches: the readable images collated (None if there are none), and the
+    (index, why) of the others."""
+    readable = [item[:3] for item in items if item[3] is None]
+    unreadable = [(index, why) for _, _, index, why in items if why is not None]
+    return (default_collate(readable) if readable else None), unreadable
 
 
 # ---------------------------------------------------------------------------- the maps
@@ -151,9 +184,10 @@ def localize_images(
     amp: str | None = None,
     channels_last: bool = False,
     progress: bool = False,
-) -> Iterator[Localization]:
+) -> Iterator[Localization | Unreadable]:
     """Localize ``paths`` with ``model`` (on ``device``, default: the model's), batch by batch;
-    yields one ``Localization`` per image, in order.
+    yields one ``Localization`` per image, in order, or an ``Unreadable`` for a file that cannot
+    be read.
 
     threshold: the CAM threshold in [0, 1] (the checkpoint's best_thr, or the preset's);
     topk: classes whose maps are averaged (1: the predicted class); crop: the network's input
@@ -163,8 +197,16 @@ def localize_images(
     model.eval()
     layout = memory_format(channels_last)
     dataset = ImageFiles([Path(p) for p in paths], crop)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, **loader_options(workers, device))
-    for images, sizes, indices in tqdm(loader, desc="localize", leave=False, disable=not progress):
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, collate_fn=readable_batch, **loader_options(workers, device)
+    )
+    # disable=None: no bar where stderr is no terminal (a log file), even when ``progress``.
+    for batch, unreadable in tqdm(loader, desc="localize", leave=False, disable=None if progress else True):
+        found = {index: Unreadable(dataset.paths[index], why) for index, why in unreadable}
+        if batch is None:
+            yield from found.values()
+            continue
+        images, sizes, indices = batch
         with autocast(device, amp):
             score, maps = scores_and_maps(model, images.to(device, non_blocking=True, memory_format=layout), topk)
         probs = score.float().softmax(1)  # B x C
@@ -179,7 +221,7 @@ def localize_images(
                 (c, names[c] if names else None, p)
                 for c, p in zip(best.indices[row].tolist(), best.values[row].tolist())
             ]
-            yield Localization(
+            found[index] = Localization(
                 path=dataset.paths[index],
                 size=(width, height),
                 classes=classes,
@@ -188,6 +230,7 @@ def localize_images(
                 areas=areas / crop**2,
                 score_map=normalized[row],
             )
+        yield from (found[index] for index in sorted(found))
 
 
 def overlay_image(result: Localization, side: int = OVERLAY_SIDE) -> np.ndarray:
@@ -232,10 +275,12 @@ def _csv(header: list[str], rows: list[list]) -> str:
     return text.getvalue()
 
 
-def write_results(output: Path, records: list[dict], settings: dict, top_classes: int) -> None:
-    """results.json (the settings, then one entry per image), results.csv (one row per image: its
-    box and top classes) and, where components were asked for, components.csv (one row each)."""
-    write_text_atomic(output / "results.json", json.dumps({**settings, "images": records}, indent=2) + "\n")
+def write_results(output: Path, records: list[dict], unreadable: list[dict], settings: dict, top_classes: int) -> None:
+    """results.json (the settings, one entry per image, then the images that could not be read),
+    results.csv (one row per image: its box and top classes) and, where components were asked
+    for, components.csv (one row each)."""
+    report = {**settings, "images": records, "unreadable": unreadable}
+    write_text_atomic(output / "results.json", json.dumps(report, indent=2) + "\n")
     header = ["image", "width", "height", "x0", "y0", "x1", "y1"]
     for rank in range(1, top_classes + 1):
         header += [f"class_{rank}", f"name_{rank}", f"probability_{rank}"]
@@ -253,6 +298,37 @@ def write_results(output: Path, records: list[dict], settings: dict, top_classes
             for number, component in enumerate(record.get("components", []))
         ]
         write_text_atomic(output / "components.csv", _csv(["image", "component", "x0", "y0", "x1", "y1", "area"], rows))
+
+
+def written_files(folder: Path) -> set[str]:
+    """The files an earlier localization wrote into ``folder``, as its results.json lists them
+    (paths relative to the folder); none where that list cannot be read."""
+    try:
+        report = json.loads((folder / "results.json").read_text())
+        overlays = {entry["overlay"] for entry in report["images"] if "overlay" in entry}
+        components = {"components.csv"} if report["all_components"] else set()
+    except (OSError, ValueError, TypeError, KeyError):
+        return set()
+    return {MARKER, "results.json", "results.csv", *components, *overlays}
+
+
+def check_output(folder: Path) -> Path:
+    """The output folder, checked before any work: absent, empty, or an earlier localization
+    that holds nothing but the files its results.json lists. The run replaces it as a whole
+    (``bas.outputs.build_folder``), so that no earlier result stays beside the new ones, and
+    no file put there since is deleted."""
+    folder = check_writable(folder, LOCALIZE_KIND, "Choose another --output-dir.")
+    if read_marker(folder) is None:  # absent or empty
+        return folder
+    present = {path.relative_to(folder).as_posix() for path in folder.rglob("*") if not path.is_dir()}
+    others = sorted(present - written_files(folder))
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise OutputError(
+            f"{folder} holds files the earlier localization did not write ({shown}); nothing was written there. "
+            "Move them away or choose another --output-dir."
+        )
+    return folder
 
 
 def _overlay_names(paths: list[Path]) -> dict[Path, Path]:
@@ -348,15 +424,13 @@ def localize(args: argparse.Namespace) -> Path:
     if args.workers < 0:
         raise ArgumentError(f"--workers {args.workers}: must be 0 or more")
     paths = find_images(args.inputs)
-    output = check_writable(args.output_dir, LOCALIZE_KIND, "Choose another --output-dir.")
+    output = check_output(args.output_dir)
     checkpoint = read_checkpoint(args.checkpoint)
     resolve_root(args, checkpoint)
     device = pick_device(args.device)
     model, extra, values = model_for_evaluation(args, device, checkpoint)
     threshold = float(args.threshold if args.threshold is not None else extra.get("best_thr") or values.threshold)
-    topk = args.topk or min(values.topk, args.num_classes)
-    if topk > args.num_classes:
-        raise ArgumentError(f"--topk {topk}: the model has {args.num_classes} classes")
+    topk = map_topk(args.topk, values.topk, args.num_classes)
     names = read_names(args.class_names, args.num_classes) if args.class_names else class_names(args)
     if names is not None and len(names) != args.num_classes:
         log.warning(
@@ -367,17 +441,6 @@ def localize(args: argparse.Namespace) -> Path:
         "%d images; threshold %g, top-%d map, input %d x %d", len(paths), threshold, topk, values.crop, values.crop
     )
 
-    overlays = None if args.no_overlays else _overlay_names(paths)
-    records, folder = [], None
-    results = localize_images(
-        model, paths, threshold, topk, values.crop, names, args.top_classes, args.all_components, args.batch_size,
-        args.workers, device, args.amp, args.channels_last, progress=not args.no_progress,
-    )  # fmt: skip
-    for result in results:
-        if overlays is not None:
-            folder = folder or claim(output, LOCALIZE_KIND, checkpoint=str(args.checkpoint))
-            save_rgb(folder / overlays[result.path], overlay_image(result))
-        records.append(_record(result, None if overlays is None else overlays[result.path].as_posix()))
     settings = {
         "checkpoint": str(args.checkpoint),
         "arch": args.arch,
@@ -389,9 +452,32 @@ def localize(args: argparse.Namespace) -> Path:
         "all_components": args.all_components,
         "boxes": "x0, y0, x1, y1 in image pixels, pixel edges: the box covers x0 <= x < x1, y0 <= y < y1",
     }
-    folder = folder or claim(output, LOCALIZE_KIND, checkpoint=str(args.checkpoint))
-    write_results(folder, records, settings, min(args.top_classes, args.num_classes))
-    return folder
+    overlays = None if args.no_overlays else _overlay_names(paths)
+    results = localize_images(
+        model, paths, threshold, topk, values.crop, names, args.top_classes, args.all_components, args.batch_size,
+        args.workers, device, args.amp, args.channels_last, progress=not args.no_progress,
+    )  # fmt: skip
+    unreadable = []
+
+    def write(folder: Path) -> None:
+        records = []
+        for result in results:
+            if isinstance(result, Unreadable):
+                log.warning("skipped %s", result.message)
+                unreadable.append({"image": str(result.path), "error": result.message})
+                continue
+            if overlays is not None:
+                save_rgb(folder / overlays[result.path], overlay_image(result))
+            records.append(_record(result, None if overlays is None else overlays[result.path].as_posix()))
+        write_results(folder, records, unreadable, settings, min(args.top_classes, args.num_classes))
+
+    build_folder(output, LOCALIZE_KIND, write, "Choose another --output-dir.")
+    if unreadable:
+        raise DatasetError(
+            f"{len(unreadable)} of {len(paths)} images could not be read (skipped above); "
+            f"the results of the other {len(paths) - len(unreadable)} are in {output / 'results.json'}"
+        )
+    return output
 
 
 def main(argv: list[str] | None = None) -> None:

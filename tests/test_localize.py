@@ -96,6 +96,20 @@ def test_boxes_map_back_to_image_pixels_exactly(model, tmp_path, monkeypatch):
     assert picture.shape[1] > 2 * picture.shape[0]  # drawn on the upright (wide) image
 
 
+def test_unreadable_files_take_their_place_among_the_results(model, images, tmp_path):
+    """Batches of two: a readable image after an unreadable one, and a batch with none readable."""
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "empty.png").write_bytes(b"")
+    broken, empty = tmp_path / "broken.jpg", tmp_path / "empty.png"
+    paths = [images / "tall.png", broken, broken, images / "wide.jpg", empty]
+    results = list(localize.localize_images(model, paths, threshold=0.5, crop=64, batch_size=2))
+    assert [result.path for result in results] == paths
+    found, unread = localize.Localization, localize.Unreadable
+    assert [type(result) for result in results] == [found, unread, unread, found, unread]
+    assert results[1].message == f"{broken}: cannot read the image (cannot identify image file '{broken}')"
+    assert (results[0].size, results[3].size) == ((50, 70), (80, 48))
+
+
 def test_component_boxes_put_the_protocols_box_first():
     from WSOL.metrics import largest_component_box
 
@@ -218,18 +232,75 @@ def test_a_foreign_output_folder_is_left_untouched(checkpoints, images, tmp_path
     assert snapshot(folder) == before
 
 
-def test_an_unreadable_image_stops_with_one_line_naming_it(checkpoints, images, tmp_path):
-    (tmp_path / "photos").mkdir()
-    (tmp_path / "photos" / "good.png").write_bytes((images / "tall.png").read_bytes())
-    (tmp_path / "photos" / "broken.jpg").write_bytes(b"not a jpeg")
+def test_unreadable_images_are_skipped_and_counted(checkpoints, images, tmp_path):
+    """A text file named .jpg and a truncated JPEG: one warning each, the other image's results
+    written, then one error line and a failing status."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "good.png").write_bytes((images / "tall.png").read_bytes())
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    jpeg = (images / "wide.jpg").read_bytes()
+    (photos / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     command = [sys.executable, str(WSOL / "localize.py"), "--checkpoint", str(checkpoints["ours"]), "photos", *FAST]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == [
-        f"error: {Path('photos/broken.jpg')}: cannot read the image (cannot identify image file 'photos/broken.jpg')"
+    lines = result.stderr.splitlines()
+    broken, truncated = Path("photos/broken.jpg"), Path("photos/truncated.jpg")
+    skipped = [line for line in lines if line.startswith("skipped ")]
+    assert len(skipped) == 2
+    assert skipped[0] == f"skipped {broken}: cannot read the image (cannot identify image file '{broken}')"
+    assert skipped[1].startswith(f"skipped {truncated}: cannot read the image (image file is truncated (")
+    assert [line for line in lines if line.startswith("error: ")] == [
+        "error: 2 of 3 images could not be read (skipped above); "
+        f"the results of the other 1 are in {Path('localized/results.json')}"
     ]
-    assert not (tmp_path / "localized" / "results.json").exists()
+    report = json.loads((tmp_path / "localized" / "results.json").read_text())
+    assert [entry["image"] for entry in report["images"]] == [str(Path("photos/good.png"))]
+    assert [entry["image"] for entry in report["unreadable"]] == [str(broken), str(truncated)]
+    assert (tmp_path / "localized" / "overlays" / "good.png.png").is_file()
+    with open(tmp_path / "localized" / "results.csv", newline="") as f:
+        assert [row["image"] for row in csv.DictReader(f)] == [str(Path("photos/good.png"))]
+
+
+def test_a_second_run_replaces_the_first_runs_files(checkpoints, images, tmp_path):
+    out = ["--checkpoint", str(checkpoints["ours"]), "--output-dir", str(tmp_path / "out")]
+    run(*out, str(images), "--all-components")
+    output = run(*out, str(images / "tall.png"))
+    written = [".bas-output.json", "overlays", "overlays/tall.png.png", "results.csv", "results.json"]
+    assert sorted(snapshot(output)) == written
+    assert [Path(e["image"]).name for e in json.loads((output / "results.json").read_text())["images"]] == ["tall.png"]
+
+
+def test_an_interrupted_run_leaves_the_earlier_results_whole(checkpoints, images, tmp_path, monkeypatch):
+    out = ["--checkpoint", str(checkpoints["ours"]), "--output-dir", str(tmp_path / "out")]
+    output = run(*out, str(images), "--threshold", "0.1")
+    before = snapshot(output)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(localize, "write_results", interrupted)  # once every overlay is drawn
+    with pytest.raises(KeyboardInterrupt):
+        run(*out, str(images), "--threshold", "0.9")
+    assert snapshot(output) == before
+    assert [path.name for path in tmp_path.iterdir()] == ["out"]  # no partial folder beside it
+
+
+def test_a_file_put_into_a_localization_folder_stops_the_next_run(checkpoints, images, tmp_path):
+    out = ["--checkpoint", str(checkpoints["ours"]), "--output-dir", str(tmp_path / "out")]
+    output = run(*out, str(images))
+    (output / "overlays" / "mine.txt").write_text("my notes\n")
+    before = snapshot(output)
+    with pytest.raises(OutputError, match=r"out holds files the earlier localization did not write \(overlays/mine"):
+        run(*out, str(images / "tall.png"))
+    assert snapshot(output) == before
+
+
+def test_no_progress_bar_where_stderr_is_no_terminal(checkpoints, images, tmp_path, capsys):
+    argv = ["--checkpoint", str(checkpoints["ours"]), str(images), "--output-dir", str(tmp_path / "out")]
+    localize.localize(localize.get_args_parser().parse_args([*argv, "--workers", "0"]))
+    err = capsys.readouterr().err
+    assert "it/s" not in err and "\r" not in err
 
 
 # ---------------------------------------------------------------- saved maps, no images
