@@ -158,7 +158,7 @@ def test_train_seg_writes_weights_and_log_and_runs_once(trained):
 def test_eval_seg_writes_every_val_id_and_scores_them_as_eval_sem_seg(trained, capsys):
     val = datasets.voc_images(trained.root, "val")
     out = trained.folder / "seg"
-    assert sorted(os.listdir(out)) == sorted([".bas-output.json", *(f"{s.image_id}.png" for s in val)])
+    assert sorted(os.listdir(out)) == sorted([".bas-lock", ".bas-output.json", *(f"{s.image_id}.png" for s in val)])
     for sample in val:
         with Image.open(out / f"{sample.image_id}.png") as png:
             assert png.mode == "L" and png.size == Image.open(sample.path).size
