@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from bas.cli import add_process_flags
 from bas.engine import memory_format
 from bas.errors import ArgumentError, CheckpointError, require_positive
 from bas.outputs import check_writable, read_marker
@@ -100,9 +101,7 @@ def script_parser(description: str) -> argparse.ArgumentParser:
     )
     add_data_arguments(parser)
     add_model_arguments(parser)
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
-    # The legacy launcher (python -m torch.distributed.launch) passes the local rank as a flag.
-    parser.add_argument("--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS)
+    add_process_flags(parser)
     return parser
 
 

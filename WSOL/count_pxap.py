@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = get_args_parser().parse_args(argv)
     check_evaluation_args(args)
-    device, rank, world = init_distributed(args.device, args.local_rank)
+    device, rank, world = init_distributed(args.device, args.local_rank, args.dist_timeout)
     report = evaluate(args, device, rank, world)
     if rank == 0:
         path = claim(args.output_dir, EVALUATION_KIND) / "metrics_pxap.json"

@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     require_unit_interval("--threshold", args.threshold)
     if args.save_images < 0:
         raise ArgumentError(f"--save-images {args.save_images}: must be 0 or more")
-    device, rank, world = init_distributed(args.device, args.local_rank)
+    device, rank, world = init_distributed(args.device, args.local_rank, args.dist_timeout)
     report = evaluate_saved_maps(args, rank, world) if args.maps else evaluate_model(args, device, rank, world)
     if rank == 0:
         path = claim(args.output_dir, EVALUATION_KIND) / "metrics.json"
