@@ -4,8 +4,9 @@ Layouts read: the CUB-200-2011 release, wsolevaluation's metadata (CUB, ILSVRC, 
 class folders (ILSVRC train), and the official releases of Stanford Dogs, Stanford Cars and
 FGVC-Aircraft (their MATLAB lists need scipy). Every list is checked while the sample list is
 built, so bad input stops at once with ``path:line: problem`` (``path: entry N: problem`` in a
-MATLAB file) instead of failing later inside a data-loader worker. Only an image that fails to
-decode is found at load time.
+MATLAB file) instead of failing later inside a data-loader worker; every path a list gives stays
+inside its folder (``bas.data.relative_path``), and so does every output named after an id. Only
+an image that fails to decode is found at load time, where a box off its image is warned of.
 
 Boxes are (x0, y0, x1, y1) in original image pixels, as the lists give them. The CUB release
 gives (x, y, width, height); we take x1 = x + width, y1 = y + height: exactly the original BAS
@@ -16,6 +17,7 @@ they become the same kind of pixel-edge box, (xmin - 1, ymin - 1, xmax, ymax).
 
 from __future__ import annotations
 
+import logging
 import math
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -29,10 +31,10 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from bas.data import IMAGENET_MEAN, IMAGENET_STD, at, leaves_folder, load_rgb, read_lines, relative_path
 from bas.errors import DatasetError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+log = logging.getLogger(__name__)
 
 CUB_LAYOUT = (
     "the CUB_200_2011 release folder: images.txt, image_class_labels.txt, train_test_split.txt, "
@@ -58,24 +60,10 @@ class Sample:
     size: tuple[int, int] | None  # (width, height) when the lists give it
     mask_paths: tuple[Path, ...] = ()  # GT masks: OpenImages instance masks, CUB segmentation
     ignore_path: Path | None = None  # OpenImages ignore mask
+    box_origins: tuple[str, ...] = ()  # where each box is written ("list:line"), for the warning of one off its image
 
 
 Rows = list[tuple[int, list[str]]]  # (line number, fields) per non-blank line
-
-
-def _at(path: Path, lineno: int, problem: str) -> DatasetError:
-    return DatasetError(f"{path}:{lineno}: {problem}")
-
-
-def read_lines(path: Path, layout: str) -> list[tuple[int, str]]:
-    """(line number, stripped line) for every non-blank line of a UTF-8 text file."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: list file missing; expected {layout}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"{path}: not a UTF-8 text file ({error})") from None
-    return [(lineno, line.strip()) for lineno, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
 def _read_list(path: Path, forms: str | tuple[str, ...], layout: str) -> Rows:
@@ -91,7 +79,7 @@ def _read_list(path: Path, forms: str | tuple[str, ...], layout: str) -> Rows:
             count = len(fields)
         if len(fields) != count:
             expected = [forms[counts.index(count)]] if count else forms
-            raise _at(path, lineno, f"expected {' or '.join(map(repr, expected))}, got {line.strip()!r}")
+            raise at(path, lineno, f"expected {' or '.join(map(repr, expected))}, got {line.strip()!r}")
         rows.append((lineno, fields))
     return rows
 
@@ -100,16 +88,16 @@ def _int(path: Path, lineno: int, text: str, what: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise _at(path, lineno, f"{what} {text!r} is not an integer") from None
+        raise at(path, lineno, f"{what} {text!r} is not an integer") from None
 
 
 def _float(path: Path, lineno: int, text: str, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise _at(path, lineno, f"{what} {text!r} is not a number") from None
+        raise at(path, lineno, f"{what} {text!r} is not a number") from None
     if not math.isfinite(value):
-        raise _at(path, lineno, f"{what} {text!r} is not finite")
+        raise at(path, lineno, f"{what} {text!r} is not finite")
     return value
 
 
@@ -118,10 +106,10 @@ def _box(path: Path, lineno: int, box: tuple[float, ...], size: tuple[int, int] 
     its size is known."""
     x0, y0, x1, y1 = box
     if x1 < x0 or y1 < y0:
-        raise _at(path, lineno, f"box ({_shown(box)}) has x1 < x0 or y1 < y0")
+        raise at(path, lineno, f"box ({_shown(box)}) has x1 < x0 or y1 < y0")
     if x0 < 0 or y0 < 0 or (size is not None and (x1 > size[0] or y1 > size[1])):
         inside = f" of {size[0]}x{size[1]}" if size is not None else ""
-        raise _at(path, lineno, f"box ({_shown(box)}) lies outside the image{inside}")
+        raise at(path, lineno, f"box ({_shown(box)}) lies outside the image{inside}")
     return box
 
 
@@ -143,7 +131,7 @@ def _by_image(path: Path, rows: Rows, known: Collection[Hashable], index: Path, 
         lineno, (first, *_) = row
         image_id = first if key is None else key(path, lineno, first)
         if image_id not in known:
-            raise _at(path, lineno, f"unknown image id {first!r} (not in {index.name})")
+            raise at(path, lineno, f"unknown image id {first!r} (not in {index.name})")
         grouped[image_id].append(row)
     return grouped
 
@@ -152,7 +140,7 @@ def _one_each(path: Path, grouped: dict, listed: dict, index: Path) -> dict:
     """One row per image, for every image that ``index`` lists ({id: line number there})."""
     for image_id, rows in grouped.items():
         if len(rows) > 1:
-            raise _at(path, rows[1][0], f"image id {image_id!r} again (first on line {rows[0][0]})")
+            raise at(path, rows[1][0], f"image id {image_id!r} again (first on line {rows[0][0]})")
     _every_image(path, grouped, listed, index)
     return {image_id: rows[0] for image_id, rows in grouped.items()}
 
@@ -160,7 +148,7 @@ def _one_each(path: Path, grouped: dict, listed: dict, index: Path) -> dict:
 def _every_image(path: Path, grouped: dict, listed: dict, index: Path) -> None:
     for image_id, lineno in listed.items():
         if image_id not in grouped:
-            raise _at(index, lineno, f"image {image_id!r} has no line in {path.name}")
+            raise at(index, lineno, f"image {image_id!r} has no line in {path.name}")
 
 
 def _image_number(path: Path, lineno: int, text: str) -> int:
@@ -186,8 +174,8 @@ def cub_release(root: Path, split: str) -> list[Sample]:
     for lineno, (id_text, name) in _read_list(index, "<image_id> <class_dir/file.jpg>", CUB_LAYOUT):
         image_id = _image_number(index, lineno, id_text)
         if image_id in listed:
-            raise _at(index, lineno, f"image id {image_id} again (first on line {listed[image_id]})")
-        listed[image_id], names[image_id] = lineno, name
+            raise at(index, lineno, f"image id {image_id} again (first on line {listed[image_id]})")
+        listed[image_id], names[image_id] = lineno, relative_path(name, index, lineno)
 
     def per_image(name: str, form: str) -> tuple[Path, dict]:
         path = root / name
@@ -208,23 +196,25 @@ def cub_release(root: Path, split: str) -> list[Sample]:
         lineno, (_, class_text) = labels[image_id]
         class_id = _int(labels_txt, lineno, class_text, "class id")
         if class_id < 1 or (class_ids is not None and class_id not in class_ids):
-            raise _at(labels_txt, lineno, f"unknown class id {class_id} (ids are 1-based, as in classes.txt)")
+            raise at(labels_txt, lineno, f"unknown class id {class_id} (ids are 1-based, as in classes.txt)")
         lineno, (_, flag) = flags[image_id]
         if flag not in ("0", "1"):
-            raise _at(split_txt, lineno, f"is_training_image {flag!r}: expected 1 or 0")
-        rows = []
+            raise at(split_txt, lineno, f"is_training_image {flag!r}: expected 1 or 0")
+        rows, origins = [], []
         for lineno, (_, *fields) in boxes[image_id]:
             x, y, w, h = (_float(boxes_txt, lineno, text, "box value") for text in fields)
             rows.append(_box(boxes_txt, lineno, (x, y, x + w, y + h), None))
+            origins.append(f"{boxes_txt}:{lineno}")
         if flag != want:
             continue
         mask_paths = ()
         if masks.is_dir():
             mask = masks / Path(name).with_suffix(".png")
             if not mask.is_file():
-                raise _at(index, listed[image_id], f"segmentation mask {mask} missing (segmentations/ is present)")
+                raise at(index, listed[image_id], f"segmentation mask {mask} missing (segmentations/ is present)")
             mask_paths = (mask,)
-        samples.append(Sample(name, root / "images" / name, class_id - 1, _boxes(rows), None, mask_paths))
+        path = root / "images" / name
+        samples.append(Sample(name, path, class_id - 1, _boxes(rows), None, mask_paths, box_origins=tuple(origins)))
     if not samples:
         raise DatasetError(f"{split_txt}: no image is marked {want} ({split})")
     return samples
@@ -235,7 +225,7 @@ def _cub_class_ids(path: Path) -> set[int]:
     for lineno, (id_text, _) in _read_list(path, "<class_id> <name>", CUB_LAYOUT):
         class_id = _int(path, lineno, id_text, "class id")
         if class_id in ids:
-            raise _at(path, lineno, f"class id {class_id} again")
+            raise at(path, lineno, f"class id {class_id} again")
         ids.add(class_id)
     return ids
 
@@ -260,8 +250,8 @@ def wsol_metadata(metadata_dir: Path, image_root: Path | None, mask_root: Path |
     listed = {}  # id -> line in image_ids.txt
     for lineno, (image_id,) in _read_list(index, "<image_id>", WSOL_LAYOUT):
         if image_id in listed:
-            raise _at(index, lineno, f"image id {image_id!r} again (first on line {listed[image_id]})")
-        listed[image_id] = lineno
+            raise at(index, lineno, f"image id {image_id!r} again (first on line {listed[image_id]})")
+        listed[relative_path(image_id, index, lineno)] = lineno
     if not listed:
         raise DatasetError(f"{index}: lists no image")
     if image_root is not None and not image_root.is_dir():
@@ -277,7 +267,7 @@ def wsol_metadata(metadata_dir: Path, image_root: Path | None, mask_root: Path |
     for image_id, (lineno, (_, text)) in _one_each(labels_txt, grouped, listed, index).items():
         labels[image_id] = _int(labels_txt, lineno, text, "class index")
         if labels[image_id] < 0:
-            raise _at(labels_txt, lineno, f"class index {labels[image_id]} is negative")
+            raise at(labels_txt, lineno, f"class index {labels[image_id]} is negative")
 
     sizes = {}  # id -> (width, height)
     if (metadata_dir / "image_sizes.txt").exists():
@@ -286,15 +276,15 @@ def wsol_metadata(metadata_dir: Path, image_root: Path | None, mask_root: Path |
         for image_id, (lineno, (_, *fields)) in rows.items():
             width, height = (_int(sizes_txt, lineno, text, "size") for text in fields)
             if width < 1 or height < 1:
-                raise _at(sizes_txt, lineno, f"size {width}x{height} is empty")
+                raise at(sizes_txt, lineno, f"size {width}x{height} is empty")
             sizes[image_id] = (width, height)
     if image_root is None:
         for image_id, lineno in listed.items():
             if image_id not in sizes:
                 problem = f"image {image_id!r} has no size in image_sizes.txt, and no image folder was given to read it"
-                raise _at(index, lineno, problem)
+                raise at(index, lineno, problem)
 
-    boxes, masks, ignores = defaultdict(list), defaultdict(list), {}
+    boxes, origins, masks, ignores = defaultdict(list), defaultdict(list), defaultdict(list), {}
     if (metadata_dir / "localization.txt").exists():
         loc_txt, grouped = per_image("localization.txt", ("image_id,x0,y0,x1,y1", "image_id,mask_path,ignore_path"))
         _every_image(loc_txt, grouped, listed, index)
@@ -303,14 +293,16 @@ def wsol_metadata(metadata_dir: Path, image_root: Path | None, mask_root: Path |
                 if len(fields) == 4:
                     box = tuple(_float(loc_txt, lineno, text, "box value") for text in fields)
                     boxes[image_id].append(_box(loc_txt, lineno, box, sizes.get(image_id)))
+                    origins[image_id].append(f"{loc_txt}:{lineno}")
                     continue
                 mask, ignore = fields
                 if not mask:
-                    raise _at(loc_txt, lineno, "empty mask path")
+                    raise at(loc_txt, lineno, "empty mask path")
                 if ignore and image_id in ignores:
-                    raise _at(loc_txt, lineno, "ignore mask on a later line: only the image's first line may name it")
-                ignores.setdefault(image_id, _under(mask_root, ignore) if ignore else None)
-                masks[image_id].append(_under(mask_root, mask))
+                    raise at(loc_txt, lineno, "ignore mask on a later line: only the image's first line may name it")
+                ignore_path = _under(mask_root, relative_path(ignore, loc_txt, lineno)) if ignore else None
+                ignores.setdefault(image_id, ignore_path)
+                masks[image_id].append(_under(mask_root, relative_path(mask, loc_txt, lineno)))
 
     return [
         Sample(
@@ -321,6 +313,7 @@ def wsol_metadata(metadata_dir: Path, image_root: Path | None, mask_root: Path |
             sizes.get(image_id),
             tuple(masks[image_id]),
             ignores.get(image_id),
+            tuple(origins[image_id]),
         )
         for image_id in listed
     ]
@@ -396,6 +389,15 @@ def _mat_text(path: Path, entry: int, value, what: str) -> str:
     return value
 
 
+def _mat_path(path: Path, entry: int, value, what: str) -> str:
+    """A relative path of a cell array, checked to stay inside the folder it names a file of."""
+    name = _mat_text(path, entry, value, what)
+    problem = leaves_folder(name)
+    if problem is not None:
+        raise DatasetError(f"{path}: entry {entry + 1}: {what} {name!r} {problem}")
+    return name
+
+
 def _mat_int(path: Path, entry: int, value, what: str, low: int = 1) -> int:
     """A whole number >= ``low`` (MATLAB stores labels as doubles or small integer types)."""
     number = float(value) if np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.number) else math.nan
@@ -436,8 +438,8 @@ def stanford_dogs(root: Path, split: str) -> list[Sample]:
         )
     samples, breeds, folders = [], {}, {}  # breed folder -> (label, first entry), label -> (folder, first entry)
     for entry, (name, annotation, label) in enumerate(zip(files, annotations, labels)):
-        name = _mat_text(path, entry, name, "file_list")
-        annotation = _mat_text(path, entry, annotation, "annotation_list")
+        name = _mat_path(path, entry, name, "file_list")
+        annotation = _mat_path(path, entry, annotation, "annotation_list")
         label = _mat_int(path, entry, label, "label")
         folder = name.split("/", 1)[0]
         seen, first = breeds.setdefault(folder, (label, entry))
@@ -450,21 +452,21 @@ def stanford_dogs(root: Path, split: str) -> list[Sample]:
             raise DatasetError(
                 f"{path}: entry {entry + 1}: label {label} for {folder}/, as entry {first + 1} for {seen}/"
             )
-        boxes, size = _voc_boxes(root / "Annotation" / annotation)
-        samples.append(Sample(name, root / "Images" / name, label - 1, _boxes(boxes), size))
+        boxes, origins, size = _voc_boxes(root / "Annotation" / annotation)
+        samples.append(Sample(name, root / "Images" / name, label - 1, _boxes(boxes), size, box_origins=origins))
     if not samples:
         raise DatasetError(f"{path}: lists no image")
     return samples
 
 
-def _voc_boxes(path: Path) -> tuple[list[tuple[float, ...]], tuple[int, int] | None]:
-    """The ``<bndbox>`` boxes and the ``<size>`` of a PASCAL-style XML annotation. The file is fed
-    to the parser line by line, so that a problem is reported at its line: a bad value at the
-    line that closes it, a missing one at the line that closes its box."""
+def _voc_boxes(path: Path) -> tuple[list[tuple[float, ...]], tuple[str, ...], tuple[int, int] | None]:
+    """The ``<bndbox>`` boxes with the place of each, and the ``<size>``, of a PASCAL-style XML
+    annotation. The file is fed to the parser line by line, so that a problem is reported at its
+    line: a bad value at the line that closes it, a missing one at the line that closes its box."""
     if not path.is_file():
         raise DatasetError(f"{path}: annotation missing; expected {DOGS_LAYOUT}")
     parser = ET.XMLPullParser(events=("end",))
-    boxes, size, closed = [], None, {}  # closed: element -> the line that closes it
+    boxes, origins, size, closed = [], [], None, {}  # closed: element -> the line that closes it
     try:
         for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(keepends=True), 1):
             parser.feed(line)
@@ -473,23 +475,24 @@ def _voc_boxes(path: Path) -> tuple[list[tuple[float, ...]], tuple[int, int] | N
                 if element.tag == "bndbox":
                     box = tuple(_xml_number(path, closed, element, key) for key in ("xmin", "ymin", "xmax", "ymax"))
                     boxes.append(_box(path, lineno, box, None))
+                    origins.append(f"{path}:{lineno}")
                 elif element.tag == "size":
                     width, height = (_xml_number(path, closed, element, key) for key in ("width", "height"))
                     size = (int(width), int(height)) if width >= 1 and height >= 1 else None
         parser.close()
     except ET.ParseError as error:
-        raise _at(path, error.position[0], f"not valid XML ({error})") from None
+        raise at(path, error.position[0], f"not valid XML ({error})") from None
     except UnicodeDecodeError as error:
         raise DatasetError(f"{path}: not a UTF-8 text file ({error})") from None
     if not boxes:
         raise DatasetError(f"{path}: no <bndbox> (expected one per object)")
-    return boxes, size
+    return boxes, tuple(origins), size
 
 
 def _xml_number(path: Path, closed: dict, element: ET.Element, key: str) -> float:
     child = element.find(key)
     if child is None:
-        raise _at(path, closed[element], f"<{element.tag}> has no <{key}>")
+        raise at(path, closed[element], f"<{element.tag}> has no <{key}>")
     return _float(path, closed[child], (child.text or "").strip(), key)
 
 
@@ -535,14 +538,15 @@ def stanford_cars(root: Path, split: str) -> list[Sample]:
     classes = cars_class_names(root)
     samples = []
     for entry, record in enumerate(annotations):
-        name = _mat_text(path, entry, record["fname"], "fname")
+        name = _mat_path(path, entry, record["fname"], "fname")
         x1, y1, x2, y2 = (_mat_int(path, entry, record[field], field) for field in fields[:4])
         label = _mat_int(path, entry, record["class"], "class")
         if classes is not None and label > len(classes):
             raise DatasetError(f"{path}: entry {entry + 1}: class {label}, but cars_meta.mat names {len(classes)}")
         if x2 < x1 or y2 < y1:
             raise DatasetError(f"{path}: entry {entry + 1}: box ({x1}, {y1}, {x2}, {y2}) has x2 < x1 or y2 < y1")
-        samples.append(Sample(name, images / name, label - 1, _boxes([(x1 - 1, y1 - 1, x2, y2)]), None))
+        box, origin = _boxes([(x1 - 1, y1 - 1, x2, y2)]), f"{path}: entry {entry + 1}"
+        samples.append(Sample(name, images / name, label - 1, box, None, box_origins=(origin,)))
     if not samples:
         raise DatasetError(f"{path}: lists no image")
     return samples
@@ -574,29 +578,30 @@ def fgvc_aircraft(root: Path, split: str) -> list[Sample]:
     index = data / f"images_variant_{split}.txt"
     listed = {}  # image id -> (line, label)
     for lineno, line in read_lines(index, AIRCRAFT_LAYOUT):
-        image_id, _, variant = line.partition(" ")
+        id_text, _, variant = line.partition(" ")
+        image_id = relative_path(id_text, index, lineno)
         if variant.strip() not in variants:
-            raise _at(index, lineno, f"variant {variant.strip()!r} is not in variants.txt")
+            raise at(index, lineno, f"variant {variant.strip()!r} is not in variants.txt")
         if image_id in listed:
-            raise _at(index, lineno, f"image {image_id!r} again (first on line {listed[image_id][0]})")
+            raise at(index, lineno, f"image {image_id!r} again (first on line {listed[image_id][0]})")
         listed[image_id] = (lineno, variants[variant.strip()])
     if not listed:
         raise DatasetError(f"{index}: lists no image")
     boxes_txt = data / "images_box.txt"
-    boxes = {}
+    boxes = {}  # image id -> (box, where it is written)
     for lineno, (image_id, *fields) in _read_list(boxes_txt, "<image_id> <xmin> <ymin> <xmax> <ymax>", AIRCRAFT_LAYOUT):
         if image_id in boxes:
-            raise _at(boxes_txt, lineno, f"image {image_id!r} again")
+            raise at(boxes_txt, lineno, f"image {image_id!r} again")
         xmin, ymin, xmax, ymax = (_float(boxes_txt, lineno, text, "box value") for text in fields)
         if min(xmin, ymin) < 1:
-            raise _at(boxes_txt, lineno, f"box ({' '.join(fields)}) starts before pixel 1 (coordinates are 1-based)")
-        boxes[image_id] = _box(boxes_txt, lineno, (xmin - 1, ymin - 1, xmax, ymax), None)
+            raise at(boxes_txt, lineno, f"box ({' '.join(fields)}) starts before pixel 1 (coordinates are 1-based)")
+        boxes[image_id] = (_box(boxes_txt, lineno, (xmin - 1, ymin - 1, xmax, ymax), None), f"{boxes_txt}:{lineno}")
     samples = []
     for image_id, (lineno, label) in listed.items():
         if image_id not in boxes:
-            raise _at(index, lineno, f"image {image_id!r} has no line in images_box.txt")
-        name = f"{image_id}.jpg"
-        samples.append(Sample(name, data / "images" / name, label, _boxes([boxes[image_id]]), None))
+            raise at(index, lineno, f"image {image_id!r} has no line in images_box.txt")
+        name, (box, origin) = f"{image_id}.jpg", boxes[image_id]
+        samples.append(Sample(name, data / "images" / name, label, _boxes([box]), None, box_origins=(origin,)))
     return samples
 
 
@@ -609,7 +614,7 @@ def aircraft_class_names(root: Path, required: bool = False) -> list[str] | None
     names = {}
     for lineno, name in read_lines(path, AIRCRAFT_LAYOUT):
         if name in names:
-            raise _at(path, lineno, f"variant {name!r} again (first on line {names[name]})")
+            raise at(path, lineno, f"variant {name!r} again (first on line {names[name]})")
         names[name] = lineno
     return list(names)
 
@@ -619,15 +624,6 @@ def num_classes(samples: list[Sample]) -> int:
     if not samples:
         raise DatasetError("no samples to count classes in")
     return max(sample.label for sample in samples) + 1
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """The image in RGB, read by PIL as the original does; a file that fails names itself."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as error:
-        raise DatasetError(f"{path}: cannot read the image ({error})") from error
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -643,7 +639,30 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         sample = self.samples[index]
-        return self.transform(load_rgb(sample.path)), sample.label, index
+        image = load_rgb(sample.path)
+        _warn_box_outside(sample, image.size)
+        return self.transform(image), sample.label, index
+
+
+_WARNED: set[Path] = set()  # images whose box off the image was told, in this process
+
+
+def _warn_box_outside(sample: Sample, size: tuple[int, int]) -> None:
+    """A box meets its image's size here, where the image is read (the CUB release gives no
+    sizes). One pixel past the border is the release's x + width of a box that touches it; a
+    box further out is most likely another image's, which the evaluation would clip to this
+    one. Told once per image."""
+    if sample.path in _WARNED:
+        return
+    width, height = size
+    for box, origin in zip(sample.boxes, sample.box_origins):
+        if box[2] > width + 1 or box[3] > height + 1:
+            _WARNED.add(sample.path)
+            log.warning(
+                "%s: box (%s) lies outside the %dx%d image %s; the evaluation clips it to the image",
+                origin, _shown(box), width, height, sample.path,
+            )  # fmt: skip
+            return
 
 
 def _tensor_steps() -> list:

@@ -33,7 +33,8 @@ rough to score against; ``crowd="class"`` paints them with their class instead.
 
 Every list and annotation is checked when the sample list is built, so bad input stops at once
 with ``path:line: problem`` (a JSON entry is named by its id); only an image that fails to
-decode, or a mask with values out of range, is found when it is read.
+decode, or a mask with values out of range, is found when it is read. An id names a file, never
+a folder: every stage names its outputs ``<folder>/<id>.<ext>``, which thus stay in ``<folder>``.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ import torch
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from bas.data import IMAGENET_MEAN, IMAGENET_STD, at, leaves_folder, load_rgb, read_lines, relative_path
 from bas.errors import DatasetError
-from WSOL.datasets import IMAGENET_MEAN, IMAGENET_STD, load_rgb, read_lines
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -68,6 +69,7 @@ VOC_LAYOUT = (
 )
 COCO_LAYOUT = "a COCO 2014 root with train2014/, val2014/, annotations/instances_{train,val}2014.json"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+DEEPLAB_IMAGES = "/JPEGImages/"  # how DeepLab's lists start an image's path (relative to VOC2012/)
 
 
 def voc_palette() -> list[int]:
@@ -94,10 +96,6 @@ class Sample:
     label: np.ndarray  # C float32 multi-hot; read-only
 
 
-def _at(path: Path, lineno: int, problem: str) -> DatasetError:
-    return DatasetError(f"{path}:{lineno}: {problem}")
-
-
 def _read_only(array: np.ndarray) -> np.ndarray:
     array.setflags(write=False)  # shared by every epoch and worker
     return array
@@ -111,15 +109,25 @@ def read_id_list(path: str | Path) -> list[tuple[int, str]]:
     path = Path(path)
     ids, seen = [], {}
     for lineno, line in read_lines(path, "one image id a line"):
-        first = line.split()[0]
-        image_id = Path(first).stem if "/" in first or first.lower().endswith(IMAGE_SUFFIXES) else first
+        image_id = _listed_id(path, lineno, line.split()[0])
         if image_id in seen:
-            raise _at(path, lineno, f"image id {image_id!r} again (first on line {seen[image_id]})")
+            raise at(path, lineno, f"image id {image_id!r} again (first on line {seen[image_id]})")
         seen[image_id] = lineno
         ids.append((lineno, image_id))
     if not ids:
         raise DatasetError(f"{path}: lists no image")
     return ids
+
+
+def _listed_id(path: Path, lineno: int, first: str) -> str:
+    """The id a list's first field names: the id, its file name (``<id>.jpg``) or DeepLab's
+    ``/JPEGImages/<id>.jpg``. Any other folder is refused, since the image is read from
+    JPEGImages/ whatever the list says; and the id, a file name of every stage's output, is
+    checked to name no folder."""
+    name = relative_path(first.removeprefix(DEEPLAB_IMAGES), path, lineno)
+    if "/" in name:
+        raise at(path, lineno, f"{first!r} is not an image id, <id>.jpg or {DEEPLAB_IMAGES}<id>.jpg")
+    return Path(name).stem if name.lower().endswith(IMAGE_SUFFIXES) else name
 
 
 def voc_root(root: str | Path) -> Path:
@@ -175,7 +183,7 @@ def voc_objects(path: str | Path) -> list[tuple[str, int]]:
 
     def start(tag: str, _attributes: dict) -> None:
         if not stack and tag != "annotation":
-            raise _at(path, parser.CurrentLineNumber, f"root element <{tag}>; expected a VOC <annotation>")
+            raise at(path, parser.CurrentLineNumber, f"root element <{tag}>; expected a VOC <annotation>")
         stack.append(tag)
         if stack == ["annotation", "object"]:
             objects.append([None, parser.CurrentLineNumber])
@@ -193,14 +201,14 @@ def voc_objects(path: str | Path) -> list[tuple[str, int]]:
     try:
         parser.Parse(path.read_bytes(), True)
     except expat.ExpatError as error:
-        raise _at(path, error.lineno, f"not valid XML ({expat.ErrorString(error.code)})") from None
+        raise at(path, error.lineno, f"not valid XML ({expat.ErrorString(error.code)})") from None
     except OSError as error:
         raise DatasetError(f"{path}: cannot read the annotation ({error})") from None
     if not objects:
         raise DatasetError(f"{path}: no <object> in the annotation; every image needs at least one labelled object")
     for name, lineno in objects:
         if not name:
-            raise _at(path, lineno, "<object> without a <name>")
+            raise at(path, lineno, "<object> without a <name>")
     return [(name, lineno) for name, lineno in objects]
 
 
@@ -212,7 +220,7 @@ def voc_label(path: str | Path, classes: Sequence[str] = VOC_CLASSES) -> np.ndar
     for name, lineno in voc_objects(path):
         if name not in index:
             shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
-            raise _at(Path(path), lineno, f"unknown class {name!r} (expected one of {len(classes)}: {shown})")
+            raise at(Path(path), lineno, f"unknown class {name!r} (expected one of {len(classes)}: {shown})")
         label[index[name]] = 1
     return _read_only(label)
 
@@ -228,9 +236,9 @@ def voc_samples(root: str | Path, split: str | Path, classes: Sequence[str] | No
     for lineno, image_id in read_id_list(index):
         image, xml = images / f"{image_id}.jpg", annotations / f"{image_id}.xml"
         if not image.is_file():
-            raise _at(index, lineno, f"image {image} missing")
+            raise at(index, lineno, f"image {image} missing")
         if not xml.is_file():
-            raise _at(index, lineno, f"annotation {xml} missing")
+            raise at(index, lineno, f"annotation {xml} missing")
         samples.append(Sample(image_id, image, voc_label(xml, classes)))
     return samples
 
@@ -301,7 +309,7 @@ def voc_masks(
     for lineno, image_id in read_id_list(index):
         path = folder / f"{image_id}.png"
         if not path.is_file():
-            raise _at(index, lineno, f"mask {path} missing")
+            raise at(index, lineno, f"mask {path} missing")
         ids.append(image_id)
         paths.append(path)
     return MaskSet(ids, _VocMaskReader(paths, num_classes))
@@ -335,6 +343,9 @@ class CocoInstances:
         self.images: dict[str, _CocoImage] = {}
         by_id = {}
         for entry in self._entries(content, "images", ("id", "file_name", "height", "width")):
+            problem = leaves_folder(entry["file_name"]) if isinstance(entry["file_name"], str) else "is not a string"
+            if problem is not None:
+                raise DatasetError(f"{self.json}: image {entry['id']}: file name {entry['file_name']!r} {problem}")
             name = Path(entry["file_name"]).stem
             if name in self.images:
                 raise DatasetError(f"{self.json}: image {entry['id']}: file name {entry['file_name']!r} again")
@@ -359,7 +370,7 @@ class CocoInstances:
         except FileNotFoundError:
             raise DatasetError(f"{self.json}: instances file missing; expected {COCO_LAYOUT}") from None
         except json.JSONDecodeError as error:
-            raise _at(self.json, error.lineno, f"not valid JSON ({error.msg})") from None
+            raise at(self.json, error.lineno, f"not valid JSON ({error.msg})") from None
         except (OSError, UnicodeDecodeError) as error:
             raise DatasetError(f"{self.json}: cannot read the instances file ({error})") from None
         if not isinstance(content, dict):
@@ -388,9 +399,9 @@ class CocoInstances:
         listed = []
         for lineno, name in read_id_list(list_file):
             if name not in self.images:
-                raise _at(Path(list_file), lineno, f"image {name!r} is not in {self.json.name}")
+                raise at(Path(list_file), lineno, f"image {name!r} is not in {self.json.name}")
             if not self.images[name].annotations:
-                raise _at(Path(list_file), lineno, f"image {name!r} has no annotation in {self.json.name}")
+                raise at(Path(list_file), lineno, f"image {name!r} has no annotation in {self.json.name}")
             listed.append((name, self.images[name]))
         return listed
 
@@ -675,7 +686,7 @@ def voc_images(root: str | Path, split: str | Path, classes: Sequence[str] | Non
     samples = []
     for lineno, image_id in read_id_list(index):
         if not (images / f"{image_id}.jpg").is_file():
-            raise _at(index, lineno, f"image {images / f'{image_id}.jpg'} missing")
+            raise at(index, lineno, f"image {images / f'{image_id}.jpg'} missing")
         samples.append(Sample(image_id, images / f"{image_id}.jpg", unlabelled))
     return samples
 

@@ -46,9 +46,9 @@ import torch
 from PIL import Image
 from pydensecrf.utils import unary_from_labels
 
+from bas.data import load_rgb
 from bas.errors import DatasetError, require_positive, require_unit_interval
 from bas.outputs import recorded_settings, replace_atomic
-from WSOL.datasets import load_rgb
 from WSSS import datasets
 from WSSS.datasets import IGNORE, Sample
 from WSSS.sharding import each_item, my_share, total
