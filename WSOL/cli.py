@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from bas.cli import add_process_flags
+from bas.cli import add_process_flags, add_speed_arguments
 from bas.engine import memory_format
 from bas.errors import ArgumentError, CheckpointError, require_positive
 from bas.outputs import check_writable, read_marker
@@ -128,15 +128,6 @@ def evaluation_parser(description: str) -> tuple[argparse.ArgumentParser, argpar
     group.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     add_speed_arguments(parser)
     return parser, group
-
-
-def add_speed_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Device and speed options; their defaults (fp32, contiguous) reproduce the paper."""
-    group = parser.add_argument_group("device and speed")
-    group.add_argument("--device", help="default: cuda when present, else cpu (under torchrun: the local rank's GPU)")
-    group.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (default: fp32, exact reproduction)")
-    group.add_argument("--channels-last", action="store_true", help="NHWC memory layout (faster convolutions on GPUs)")
-    return group
 
 
 def check_evaluation_args(args: argparse.Namespace) -> None:

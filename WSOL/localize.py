@@ -44,6 +44,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
 from bas.amc import global_average
+from bas.cli import add_speed_arguments
 from bas.engine import autocast, loader_options, memory_format, pick_device, read_checkpoint
 from bas.errors import (
     ArgumentError,
@@ -57,7 +58,7 @@ from bas.errors import (
 from bas.outputs import MARKER, build_folder, check_writable, read_marker, write_text_atomic
 from bas.viz import overlay, save_rgb
 from WSOL import metrics
-from WSOL.cli import add_model_arguments, add_speed_arguments, class_names, model_for_evaluation
+from WSOL.cli import add_model_arguments, class_names, model_for_evaluation
 from WSOL.datasets import load_rgb, test_transform
 from WSOL.inference import map_topk
 from WSOL.models import Generator

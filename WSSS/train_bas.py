@@ -46,12 +46,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bas.cli import add_process_flags
+from bas.cli import add_process_flags, add_speed_arguments
 from bas.engine import first_on_rank_zero, keyed_generator, poly_max_step, save_atomic, set_poly_lr, sgd
 from bas.errors import ArgumentError, DatasetError, require_positive, run_main
 from bas.outputs import check_writable, write_text_atomic
 from bas.training import LossFunction, TrainingRun, add_tensorboard_flag, epoch_line, flag_values, jsonable_args
-from WSOL.cli import add_speed_arguments
 from WSSS.datasets import ClassificationSet, CocoInstances, Sample, TrainTransform, voc_classes, voc_samples
 from WSSS.models import ARCHS, build_model, draw_positive, multilabel_bas_loss, multilabel_soft_margin_loss
 from WSSS.synthetic import ensure_synthetic_voc
