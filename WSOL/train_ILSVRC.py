@@ -8,9 +8,10 @@ processes). The original's multi-GPU command keeps working:
 
 import sys
 
+from bas.errors import run_main
 from WSOL.train import main
 
 if __name__ == "__main__":
     if not any(arg == "--root" or arg.startswith("--root=") for arg in sys.argv[1:]):
         sys.argv[1:1] = ["--root", "ILSVRC"]
-    main()
+    run_main(main)

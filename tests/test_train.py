@@ -1,6 +1,9 @@
 """End to end on a tiny synthetic set: train, evaluate, resume."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +13,8 @@ from bas.errors import CheckpointError
 from WSOL import evaluator
 from WSOL.synthetic import make_synthetic
 from WSOL.train import fill_defaults, get_args_parser, train
+
+WSOL = Path(__file__).resolve().parents[1] / "WSOL"
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +122,14 @@ def test_release_format_checkpoint_needs_only_the_arch(data_dir, tmp_path):
     argv += ["--workers", "0", "--no-progress", "--no-maxboxacc", "--output-dir", str(tmp_path / "ev")]
     report = evaluator.evaluate_model(evaluator.get_args_parser().parse_args(argv), torch.device("cpu"))
     assert report["images"] == 16 and report["threshold"] == 0.3
+
+
+def test_ilsvrc_script_reports_a_missing_data_dir_in_one_line(tmp_path):
+    """train_ILSVRC.py stops as train.py does: one error line naming the folder, status 2."""
+    missing = tmp_path / "ILSVRC"
+    command = [sys.executable, str(WSOL / "train_ILSVRC.py"), "--data-dir", str(missing), "--workers", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [result.stderr.splitlines()[-1]]
+    assert errors[0].startswith(f"error: {missing / 'train'}: no such folder; expected class folders")
