@@ -11,6 +11,7 @@ import torch
 
 from bas.errors import CheckpointError
 from WSOL import evaluator
+from WSOL.cli import model_for_evaluation
 from WSOL.synthetic import make_synthetic
 from WSOL.train import fill_defaults, get_args_parser, train
 
@@ -112,16 +113,30 @@ def test_saved_maps_are_scored_without_a_model(data_dir, tmp_path):
     assert pixel["PxAP"] > 99.9 and pixel["PIoU"] > 97
 
 
-def test_release_format_checkpoint_needs_only_the_arch(data_dir, tmp_path):
-    """The original release stores {'model', 'best_thr', 'epoch'} and nothing else."""
+def test_release_format_checkpoint_needs_only_the_arch(data_dir, tmp_path, monkeypatch):
+    """The original release stores {'model', 'best_thr', 'epoch'} and nothing else: the
+    evaluator scores exactly those weights, at that threshold, and reports that epoch."""
     from WSOL.models import build_model
 
     model = build_model("tiny", 4)
-    torch.save({"model": model.state_dict(), "best_thr": 0.3, "epoch": 9}, tmp_path / "release.pth.tar")
-    argv = ["--data-dir", str(data_dir), "--checkpoint", str(tmp_path / "release.pth.tar"), "--arch", "tiny"]
+    release = tmp_path / "release.pth.tar"
+    torch.save({"model": model.state_dict(), "best_thr": 0.3, "epoch": 9}, release)
+    scored = []
+
+    def recording(*args, **kwargs):
+        loaded = model_for_evaluation(*args, **kwargs)
+        scored.append(loaded[0].state_dict())
+        return loaded
+
+    monkeypatch.setattr(evaluator, "model_for_evaluation", recording)
+    argv = ["--data-dir", str(data_dir), "--checkpoint", str(release), "--arch", "tiny"]
     argv += ["--workers", "0", "--no-progress", "--no-maxboxacc", "--output-dir", str(tmp_path / "ev")]
     report = evaluator.evaluate_model(evaluator.get_args_parser().parse_args(argv), torch.device("cpu"))
     assert report["images"] == 16 and report["threshold"] == 0.3
+    assert report["checkpoint"] == str(release) and report["epoch"] == 9
+    [weights] = scored
+    assert weights.keys() == model.state_dict().keys()
+    assert all(torch.equal(weights[name], value) for name, value in model.state_dict().items())
 
 
 def test_ilsvrc_script_reports_a_missing_data_dir_in_one_line(tmp_path):
