@@ -311,6 +311,19 @@ def test_resumed_stage_equals_uninterrupted(voc, tmp_path, monkeypatch):
     assert logs[0] == logs[1]
 
 
+def test_the_seed_decides_the_training(voc, tmp_path):
+    """run_sample's --seed seeds IRN's training, and a run resumes only under its own seed."""
+    sessions = {}
+    for name, seed in (("first", "1"), ("again", "1"), ("other", "2")):
+        sessions[name] = stage(voc, tmp_path / name, "--irn_num_epoches", "1", "--seed", seed)
+    first, again, other = (torch.load(sess / "irn.pth")["model"] for sess in sessions.values())
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert not all(torch.equal(first[name], other[name]) for name in first)
+    (sessions["first"] / "irn.pth").unlink()  # as if stopped after its last epoch: irn_last.pth remains
+    with pytest.raises(CheckpointError, match=r"irn_last\.pth was trained with seed 1, not 2"):
+        stage(voc, tmp_path / "first", "--irn_num_epoches", "1", "--seed", "2")
+
+
 def test_a_checkpoint_of_other_settings_is_not_resumed(voc, tmp_path):
     sess = stage(voc, tmp_path, "--irn_num_epoches", "1")
     (sess / "irn.pth").unlink()  # as if stopped after its last epoch: irn_last.pth remains

@@ -49,7 +49,6 @@ from WSSS.train_bas import RUN_KIND
 
 log = logging.getLogger(__name__)
 
-SEED = 0
 POLY_POWER = 0.9
 IRN_SCALES = (0.5, 1.5)  # the random rescaling of its training images, IRN's
 
@@ -144,7 +143,8 @@ def settings(args: argparse.Namespace) -> dict:
         raise ArgumentError("train_irn needs --ir_label_out_dir, the folder of the IR labels")
     # What a resumed run must share with the run it continues, or it would not repeat it.
     data = {"train_list": str(args.train_list), "ir_label_out_dir": str(args.ir_label_out_dir)}
-    return {**chosen, "weight_decay": args.irn_weight_decay, "momentum": args.irn_momentum, "seed": SEED, **data}
+    seed = getattr(args, "seed", None) or 0  # run_sample's --seed, 0 when unset
+    return {**chosen, "weight_decay": args.irn_weight_decay, "momentum": args.irn_momentum, "seed": seed, **data}
 
 
 @torch.no_grad()
@@ -183,7 +183,15 @@ def run(args: argparse.Namespace) -> Path:
     progress = not args.no_progress
     prefix = f"{weights.stem}_"  # beside other nets, and other IRNs (run_sample trains one per seed variant)
     run = TrainingRun(
-        weights.parent, RUN_KIND, setup["batch_size"], SEED, args.device, args.local_rank, prefix, progress, resume=True
+        weights.parent,
+        RUN_KIND,
+        setup["batch_size"],
+        setup["seed"],
+        args.device,
+        args.local_rank,
+        prefix,
+        progress,
+        resume=True,
     )
     log.info(
         "training IRN (%s) on %s (%s x %d), weights to %s",
