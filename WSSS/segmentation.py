@@ -19,7 +19,7 @@ literature's DeepLab step does without it.
 Inference (``predict``) is the usual DeepLab evaluation: at each scale the image and its
 mirror image go through the net as one batch of two, the logits are resized to the image's
 size (bilinear), turned into probabilities (softmax) and averaged over scales and mirrors;
-``crf_refine`` optionally sharpens them with DeepLab's dense CRF.
+``WSSS.crf.crf_refine`` optionally sharpens them with DeepLab's dense CRF.
 """
 
 from __future__ import annotations
@@ -27,17 +27,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from pydensecrf.utils import unary_from_softmax
 from torch import nn
 from torchvision import models as tvm
 from torchvision.models import segmentation as tvs
 
 from bas.engine import read_checkpoint
 from bas.errors import CheckpointError
-from WSSS.steps.cam_to_ir_label import dense_crf
 
 # arch -> (torchvision builder, the ImageNet weights of its backbone)
 ARCHS = {
@@ -46,12 +43,6 @@ ARCHS = {
     "deeplabv3_mobilenet_v3_large": (tvs.deeplabv3_mobilenet_v3_large, tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1),
     "lraspp_mobilenet_v3_large": (tvs.lraspp_mobilenet_v3_large, tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1),
 }
-# DeepLab's dense CRF on VOC (DeepLab v2's cross-validated values, as kazuto1011/deeplab-pytorch
-# ships them): a smoothness kernel (1 px, weight 3), an appearance kernel (67 px, colour 3,
-# weight 4), 10 mean-field iterations, on the net's probabilities.
-CRF_SMOOTH = {"sxy": 1, "compat": 3}
-CRF_APPEARANCE = {"sxy": 67, "srgb": 3, "compat": 4}
-CRF_ITERATIONS = 10
 
 
 def build_segmentation_model(arch: str, num_classes: int, pretrained: str | None = None) -> nn.Module:
@@ -115,10 +106,3 @@ def predict(model: nn.Module, images: Sequence[torch.Tensor], size: Sequence[int
         summed = probs[0] + probs[1].flip(-1)  # C x H x W
         total = summed if total is None else total + summed
     return total / (2 * len(images))
-
-
-def crf_refine(image: np.ndarray, probs: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """DeepLab's dense CRF of class probabilities on the image: H x W x 3 uint8 (RGB),
-    C x H x W -> C x H x W float32 marginals; ``scale`` times its kernels' widths."""
-    unary = unary_from_softmax(probs.astype(np.float32))  # C x (H * W) energies
-    return dense_crf(image, unary, CRF_SMOOTH, CRF_APPEARANCE, CRF_ITERATIONS, scale)

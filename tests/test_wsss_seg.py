@@ -19,7 +19,8 @@ from torch import nn
 from bas.errors import ArgumentError, CheckpointError, DatasetError, OutputError
 from bas.outputs import read_marker
 from WSSS import datasets, run_sample
-from WSSS.segmentation import build_segmentation_model, crf_refine, predict
+from WSSS.crf import crf_refine
+from WSSS.segmentation import build_segmentation_model, predict
 from WSSS.steps import eval_sem_seg, train_seg
 from WSSS.synthetic import make_synthetic_voc
 

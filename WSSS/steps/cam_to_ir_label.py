@@ -41,15 +41,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pydensecrf.densecrf as dcrf
 import torch
 from PIL import Image
-from pydensecrf.utils import unary_from_labels
 
 from bas.data import load_rgb
 from bas.errors import DatasetError, require_positive, require_unit_interval
 from bas.outputs import recorded_settings, replace_atomic
 from WSSS import datasets
+from WSSS.crf import crf_labels
 from WSSS.datasets import IGNORE, Sample
 from WSSS.sharding import each_item, my_share, total
 from WSSS.seeds import read_seed, seed_path
@@ -59,15 +58,6 @@ log = logging.getLogger(__name__)
 
 OUTPUT_KIND = "wsss-ir-labels"
 PALETTES = ("gray", "voc")
-
-# IRN's dense CRF (misc/imutils.crf_inference_label), as BAS keeps it: the argmax labels
-# are trusted with probability 0.7 (the rest spread over the other labels), a smoothness
-# kernel (3 px, weight 3) and an appearance kernel (50 px, colour 5, weight 10) pull
-# neighbours of like colour to one label, 10 mean-field iterations.
-CRF_GT_PROB = 0.7
-CRF_SMOOTH = {"sxy": 3, "compat": 3}
-CRF_APPEARANCE = {"sxy": 50, "srgb": 5, "compat": 10}
-CRF_ITERATIONS = 10
 
 
 def add_arguments(parser: argparse.ArgumentParser, add) -> None:
@@ -113,30 +103,6 @@ def add_arguments(parser: argparse.ArgumentParser, add) -> None:
 
 
 # ------------------------------------------------------------------------------- labels
-def dense_crf(
-    image: np.ndarray, unary: np.ndarray, smooth: dict, appearance: dict, iterations: int, scale: float = 1.0
-) -> np.ndarray:
-    """Mean-field marginals of a dense CRF on an image (pydensecrf): H x W x 3 uint8 (RGB),
-    L x (H * W) float32 unary energies, the two kernels' parameters -> L x H x W float32.
-    ``scale`` multiplies both kernels' widths in pixels (``sxy``), which are set for VOC's
-    photos, so that a kernel reaches as far across a smaller image.
-    Shared by IRN's CRF of hard labels here and DeepLab's of probabilities (WSSS.segmentation)."""
-    height, width = image.shape[:2]
-    crf = dcrf.DenseCRF2D(width, height, len(unary))
-    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    crf.addPairwiseGaussian(**{**smooth, "sxy": smooth["sxy"] * scale})
-    rgb = np.array(image, dtype=np.uint8, order="C")  # a writable copy: pydensecrf takes no read-only buffer
-    crf.addPairwiseBilateral(rgbim=rgb, **{**appearance, "sxy": appearance["sxy"] * scale})
-    return np.asarray(crf.inference(iterations)).reshape(len(unary), height, width)
-
-
-def crf_labels(image: np.ndarray, labels: np.ndarray, num_labels: int, scale: float = 1.0) -> np.ndarray:
-    """IRN's CRF of hard labels on an image: H x W x 3 uint8 (RGB), H x W labels in
-    [0, num_labels) -> H x W int64 refined labels (the first of equal marginals)."""
-    unary = unary_from_labels(labels, num_labels, gt_prob=CRF_GT_PROB, zero_unsure=False)
-    return dense_crf(image, unary, CRF_SMOOTH, CRF_APPEARANCE, CRF_ITERATIONS, scale).argmax(axis=0)
-
-
 def confident_labels(
     image: np.ndarray, cams: np.ndarray, keys: np.ndarray, threshold: float, scale: float = 1.0
 ) -> np.ndarray:

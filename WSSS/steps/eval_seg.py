@@ -30,7 +30,8 @@ import torch
 
 from bas.errors import CheckpointError, require_positive
 from WSSS import datasets
-from WSSS.segmentation import crf_refine, predict
+from WSSS.crf import crf_refine
+from WSSS.segmentation import predict
 from WSSS.sharding import each_item, my_share, total
 from WSSS.steps import eval_sem_seg
 from WSSS.steps.cam_to_ir_label import PALETTES, save_label_png
