@@ -95,15 +95,22 @@ def test_the_mirror_image_is_flipped_back():
     assert torch.allclose(probs.sum(0), torch.ones(8, 12))
 
 
-def test_crf_keeps_confident_labels_and_gives_probabilities():
+def test_crf_relabels_the_unsure_pixels_that_differ_from_their_colour_and_gives_probabilities():
+    """A dark half (class 0) and a bright half (class 1). Two unsure pixels lean 0.6 to the
+    other half's class and the CRF gives them their colour's; a dark pixel in the bright half
+    keeps its 0.6 for class 0, which its colour shares: the appearance kernel decides."""
     image = np.zeros((12, 16, 3), np.uint8)
     image[:, 8:] = 200
+    image[5, 11] = 0
     probs = np.full((2, 12, 16), 0.1, np.float32)
     probs[0, :, :8], probs[1, :, 8:] = 0.9, 0.9
+    probs[:, 8, 2] = 0.4, 0.6  # dark, leaning to the bright class
+    probs[:, 3, 13] = probs[:, 5, 11] = 0.6, 0.4  # bright and dark in the bright half, leaning to the dark class
     refined = crf_refine(image, probs)
     assert refined.shape == (2, 12, 16)
     np.testing.assert_allclose(refined.sum(0), 1, rtol=1e-4)
-    np.testing.assert_array_equal(refined.argmax(0), probs.argmax(0))
+    assert np.argwhere(refined.argmax(0) != probs.argmax(0)).tolist() == [[3, 13], [8, 2]]
+    assert refined[0, 5, 11] > 0.6
 
 
 def test_loss_leaves_out_ignored_pixels_and_is_zero_without_labels():
