@@ -21,7 +21,8 @@ from WSSS import datasets, run_sample
 from WSSS.models import build_model
 from WSSS.seeds import read_seed, seed_path
 from WSSS.steps import cam_to_ir_label, eval_sem_seg
-from WSSS.steps.cam_to_ir_label import IrLabelJobs, combine, ir_label, make_ir_labels, save_label_png
+from WSSS.labels import save_label_png
+from WSSS.steps.cam_to_ir_label import IrLabelJobs, combine, ir_label, make_ir_labels
 from WSSS.synthetic import make_synthetic_voc
 
 STRIPES = ((220, 40, 40), (40, 200, 60), (50, 90, 250), (128, 128, 128))  # red, green, blue, grey

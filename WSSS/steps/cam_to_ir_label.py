@@ -37,19 +37,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from bas.data import load_rgb
 from bas.errors import DatasetError, require_positive, require_unit_interval
-from bas.outputs import recorded_settings, replace_atomic
+from bas.outputs import recorded_settings
 from WSSS import datasets
 from WSSS.crf import crf_labels
 from WSSS.datasets import IGNORE, Sample
+from WSSS.labels import PALETTES, save_label_png
 from WSSS.sharding import each_item, my_share, total
 from WSSS.seeds import read_seed, seed_path
 from WSSS.steps.eval_cam import claim_output
@@ -57,7 +56,6 @@ from WSSS.steps.eval_cam import claim_output
 log = logging.getLogger(__name__)
 
 OUTPUT_KIND = "wsss-ir-labels"
-PALETTES = ("gray", "voc")
 
 
 def add_arguments(parser: argparse.ArgumentParser, add) -> None:
@@ -131,20 +129,6 @@ def ir_label(
         confident_labels(image, cams, keys, fg_thres, crf_scale),
         confident_labels(image, cams, keys, bg_thres, crf_scale),
     )
-
-
-def save_label_png(labels: np.ndarray, path: Path, palette: str = "gray") -> None:
-    """H x W uint8 class indices as a PNG, grayscale or with VOC's palette (``palette``),
-    written then renamed. PIL reads both back as the same indices."""
-    image = Image.fromarray(labels, mode="L" if palette == "gray" else "P")
-    if palette == "voc":
-        image.putpalette(datasets.voc_palette())
-
-    def write(fd: int) -> None:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-
-    replace_atomic(write, path)
 
 
 # -------------------------------------------------------------------------------- stage

@@ -31,10 +31,10 @@ import torch
 from bas.errors import CheckpointError, require_positive
 from WSSS import datasets
 from WSSS.crf import crf_refine
+from WSSS.labels import PALETTES, save_label_png
 from WSSS.segmentation import predict
 from WSSS.sharding import each_item, my_share, total
 from WSSS.steps import eval_sem_seg
-from WSSS.steps.cam_to_ir_label import PALETTES, save_label_png
 from WSSS.steps.eval_cam import claim_output
 from WSSS.steps.train_seg import load_segmentation_model
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from bas.engine import gather_objects
-from bas.errors import DatasetError
 from bas.outputs import write_text_atomic
 from WSSS import datasets, metrics
+from WSSS.labels import read_labels
 from WSSS.steps.eval_cam import OUTPUT_KIND, claim_output, output_folder, report_number, score_files, shown
 
 log = logging.getLogger(__name__)
@@ -43,16 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser, add) -> None:
         "sem_seg_eval_out_dir",
         help="where eval_sem_seg writes its JSON report (default: <sem_seg_out_dir>_eval)",
     )
-
-
-def read_labels(path: Path, num_classes: int) -> np.ndarray:
-    """H x W uint8 labels of a PNG (0..num_classes, 255), checked."""
-    if not path.is_file():
-        raise DatasetError(
-            f"{path}: no labels for this id; make them first (stage make_sem_seg_labels) or point --sem_seg_out_dir "
-            "at a folder of label PNGs"
-        )
-    return datasets.read_mask(path, num_classes)
 
 
 def label_counts(

@@ -29,9 +29,9 @@ from bas.errors import DatasetError, require_positive, require_unit_interval
 from bas.outputs import input_stamp, recorded_settings
 from WSSS import datasets
 from WSSS.irn import IRN, load_irn
+from WSSS.labels import save_label_png
 from WSSS.randomwalk import propagate
 from WSSS.sharding import each_item, my_share, total
-from WSSS.steps.cam_to_ir_label import save_label_png
 from WSSS.seeds import read_seed, seed_path
 from WSSS.steps.eval_cam import claim_output
 
