@@ -90,9 +90,9 @@ class MultiLabelNet(nn.Module):
 class BASNet(MultiLabelNet):
     """The multi-label BAS net: class map A on layer4, foreground maps M on layer3.
 
-    ``positive_generator`` draws the class that plays the ground truth of each image
-    when the caller gives none; seed it (``manual_seed``, one seed per process) and keep
-    its state (``get_state``) in checkpoints, and runs and resumes draw the same classes.
+    The caller gives the class that plays the ground truth of each image (``draw_positive``
+    from a generator of its own: the trainer's is keyed by seed, epoch, rank and step, so a
+    resumed run draws the same classes).
     """
 
     def __init__(self, arch: str, backbone: Backbone, num_classes: int) -> None:
@@ -100,16 +100,11 @@ class BASNet(MultiLabelNet):
         self.classifier_loc = nn.Sequential(
             nn.Conv2d(backbone.tap_channels, num_classes, 3, padding=1, bias=False), nn.Sigmoid()
         )
-        self.positive_generator = torch.Generator().manual_seed(0)
         _xavier_init(self)
 
-    def forward(
-        self, images: torch.Tensor, labels: torch.Tensor, positive: torch.Tensor | None = None
-    ) -> GeneratorOutput:
-        """images: B x 3 x H x W; labels: B x C multi-hot; positive: B (long), the class each
-        image's AMC runs on, drawn among its labels when None. ``out.positive`` holds it."""
-        if positive is None:
-            positive = draw_positive(labels, self.positive_generator)
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, positive: torch.Tensor) -> GeneratorOutput:
+        """images: B x 3 x H x W; labels: B x C multi-hot, as the CAM net is called; positive:
+        B (long), the class each image's AMC runs on, one of its labels. ``out.positive`` holds it."""
         features = self.head(images)  # B x Ct x h x w, h = H/16 for ResNet50 (H/4 for tiny)
         class_map = self.classifier_cls(self.tail(features))  # B x C x h x w
         fg_map = pick(self.classifier_loc(features), positive)[:, None]  # B x 1 x h x w

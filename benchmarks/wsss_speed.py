@@ -30,7 +30,7 @@ from speed import isolated, peak_mib, timed
 
 from WSSS import metrics
 from WSSS.datasets import SCALES, VOC_CLASSES, MultiScaleItem, rescale, to_tensor, voc_masks
-from WSSS.models import build_model, multilabel_bas_loss, multilabel_soft_margin_loss
+from WSSS.models import build_model, draw_positive, multilabel_bas_loss, multilabel_soft_margin_loss
 from WSSS.seeds import read_seed, seed_path, write_seed
 from WSSS.steps import eval_cam, make_cam
 
@@ -97,14 +97,16 @@ def train_speed(method: str, dtype: str, args: argparse.Namespace) -> tuple[floa
     images = torch.randn(args.batch, 3, crop, crop, device=device)
     labels = (torch.rand(args.batch, CLASSES, device=device) < 0.15).float()
     labels[:, 0] = 1  # every image has a positive class
+    positive = draw_positive(labels, torch.Generator().manual_seed(0))  # the class of each BAS image's AMC
+    inputs = (images, labels, positive) if method == "bas" else (images, labels)
     loss_of = multilabel_bas_loss if method == "bas" else multilabel_soft_margin_loss
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            out = model(images, labels)
-            loss, _ = loss_of(out, labels, out.positive) if method == "bas" else loss_of(out, labels)
+            out = model(*inputs)
+            loss, _ = loss_of(out, labels, positive) if method == "bas" else loss_of(out, labels)
         loss.backward()
         optimizer.step()
 
