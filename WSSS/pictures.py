@@ -21,8 +21,9 @@ from PIL import Image
 from bas.outputs import claim
 from bas.viz import save_rgb, strip
 from WSSS import datasets
+from WSSS.reports import report_path
 from WSSS.seeds import read_seed, seed_path
-from WSSS.steps.eval_cam import report_path
+from WSSS.segmentation import load_segmentation_model, predict
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,6 @@ def save_strips(args: argparse.Namespace, variants: dict[str, argparse.Namespace
     flags, as run_sample.variant_args gives them) into ``args.images_out_dir``, named
     <id>_<variant>.png, the seeds at their best threshold as eval_cam's report gives it.
     Returns how many were written."""
-    # Imported here: the segmentation stage's module loads torchvision's segmentation models.
-    from WSSS.segmentation import predict
-    from WSSS.steps.train_seg import load_segmentation_model
-
     out_dir = Path(args.images_out_dir)
     claim(out_dir, OUTPUT_KIND, "choose another --images_out_dir")
     samples = datasets.pipeline_data(args).samples(args.chainer_eval_set)[:count]

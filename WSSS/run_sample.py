@@ -32,7 +32,7 @@ from bas.errors import ArgumentError, require_positive, require_unit_interval, r
 from WSSS import datasets
 from WSSS.models import ARCHS
 from WSSS.pictures import save_strips
-from WSSS.steps.eval_cam import shown
+from WSSS.reports import shown
 from WSSS.steps.eval_sem_seg import score_label_folder
 from WSSS.steps.make_cam import seed_folder
 from WSSS.synthetic import ensure_synthetic_voc

@@ -1,6 +1,6 @@
-"""The segmentation net that the pseudo masks train (stage train_seg), and its inference
-(stage eval_seg): beyond the original BAS code, which stops at the masks, so that image
-labels in gives a segmentation model out, as the paper's DeepLab step.
+"""The segmentation net that the pseudo masks train (stage train_seg), its weights file and
+its inference (stage eval_seg): beyond the original BAS code, which stops at the masks, so
+that image labels in gives a segmentation model out, as the paper's DeepLab step.
 
 The nets are torchvision's segmentation models, unchanged, so that their state dicts are
 torchvision's and their code is read where it is documented:
@@ -33,7 +33,7 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models import segmentation as tvs
 
-from bas.engine import read_checkpoint
+from bas.engine import load_state_dict_checked, read_checkpoint
 from bas.errors import CheckpointError
 
 # arch -> (torchvision builder, the ImageNet weights of its backbone)
@@ -106,3 +106,17 @@ def predict(model: nn.Module, images: Sequence[torch.Tensor], size: Sequence[int
         summed = probs[0] + probs[1].flip(-1)  # C x H x W
         total = summed if total is None else total + summed
     return total / (2 * len(images))
+
+
+def load_segmentation_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
+    """The net saved by stage train_seg at ``path``, on ``device`` in eval mode, and the
+    file's other entries (arch, num_classes, classes, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no segmentation net there; train it first (stage train_seg)")
+    checkpoint = read_checkpoint(path)
+    if "arch" not in checkpoint or checkpoint["arch"] not in ARCHS or "num_classes" not in checkpoint:
+        raise CheckpointError(f"{path}: not a segmentation net of stage train_seg (no known 'arch', 'num_classes')")
+    model = build_segmentation_model(checkpoint["arch"], checkpoint["num_classes"])
+    load_state_dict_checked(model, checkpoint["model"], str(path))
+    return model.to(device).eval(), {k: v for k, v in checkpoint.items() if k != "model"}

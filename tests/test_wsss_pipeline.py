@@ -16,7 +16,7 @@ from bas.errors import OutputError
 from WSSS import run_sample, train_bas
 from WSSS.irn import build_irn
 from WSSS.pictures import DEFAULT_THRESHOLD, scored_threshold
-from WSSS.steps.eval_cam import report_path
+from WSSS.reports import report_path
 from WSSS.synthetic import make_synthetic_voc
 
 WSSS = Path(__file__).resolve().parents[1] / "WSSS"

@@ -20,7 +20,7 @@ from bas.errors import ArgumentError, CheckpointError, DatasetError, OutputError
 from bas.outputs import read_marker
 from WSSS import datasets, run_sample
 from WSSS.crf import crf_refine
-from WSSS.segmentation import build_segmentation_model, predict
+from WSSS.segmentation import build_segmentation_model, load_segmentation_model, predict
 from WSSS.steps import eval_sem_seg, train_seg
 from WSSS.synthetic import make_synthetic_voc
 
@@ -156,7 +156,7 @@ def test_train_seg_writes_weights_and_log_and_runs_once(trained):
     checkpoint = torch.load(trained.weights, weights_only=True)
     assert checkpoint["arch"] == "lraspp_mobilenet_v3_large" and checkpoint["num_classes"] == 5
     assert checkpoint["classes"] == list(datasets.voc_classes(trained.root))
-    model, info = train_seg.load_segmentation_model(trained.weights, torch.device("cpu"))
+    model, info = load_segmentation_model(trained.weights, torch.device("cpu"))
     assert info["epoch"] == 1 and not model.training
     stamp = trained.weights.stat().st_mtime_ns
     run_sample.main([*trained.argv, "--stages", "train_seg"])  # the weights exist: nothing to train

@@ -49,9 +49,8 @@ from WSSS import datasets
 from WSSS.crf import crf_labels
 from WSSS.datasets import IGNORE, Sample
 from WSSS.labels import PALETTES, save_label_png
-from WSSS.sharding import each_item, my_share, total
+from WSSS.sharding import claim_output, each_item, my_share, total
 from WSSS.seeds import read_seed, seed_path
-from WSSS.steps.eval_cam import claim_output
 
 log = logging.getLogger(__name__)
 

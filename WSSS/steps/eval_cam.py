@@ -17,22 +17,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from bas.engine import gather_objects
-from bas.errors import DatasetError, OutputError, UserError
-from bas.outputs import claim, read_marker, write_text_atomic
+from bas.outputs import write_text_atomic
 from WSSS import datasets, metrics
+from WSSS.reports import REPORT_KIND, report_number, report_path, score_files, shown
 from WSSS.seeds import read_seed, seed_path
+from WSSS.sharding import claim_output
 
 log = logging.getLogger(__name__)
-
-OUTPUT_KIND = "wsss-eval"
 
 
 def score_seeds(
@@ -56,36 +54,6 @@ def score_seeds(
     return score_files(path_of, masks, score, counts, indices, "eval_cam", progress)
 
 
-def score_files(
-    path_of: Callable[[str], Path],
-    masks: datasets.MaskSet,
-    score: Callable[[Path, np.ndarray], np.ndarray],
-    total: np.ndarray,
-    indices: Sequence[int] | None = None,
-    desc: str = "",
-    progress: bool = False,
-) -> np.ndarray:
-    """``total`` plus ``score(path_of(id), mask)`` for the masks at ``indices``
-    (default: all), each mask read once: the loop of every stage that scores a folder of
-    per-image files. A ValueError of the scoring (a size, a label) names the file and the mask."""
-    indices = range(len(masks)) if indices is None else indices
-    for index in tqdm(indices, desc=desc, disable=None if progress else True, leave=False):
-        image_id, gt = masks[index]
-        path = path_of(image_id)
-        try:
-            total = total + score(path, gt)
-        except DatasetError:
-            raise
-        except ValueError as error:
-            raise DatasetError(f"{path} scored against the mask of {image_id}: {error}") from None
-    return total
-
-
-def report_number(value: float) -> float | None:
-    """A report value; nan (a class in neither the masks nor the seeds) as None, JSON's null."""
-    return None if np.isnan(value) else float(value)
-
-
 def summarize(counts: np.ndarray, thresholds: Sequence[float], classes: Sequence[str]) -> dict:
     """mIoU (percent) and the share of predicted foreground on background per threshold;
     the per-class IoU (percent) at the best threshold (the first of equals). ``classes``:
@@ -104,10 +72,6 @@ def summarize(counts: np.ndarray, thresholds: Sequence[float], classes: Sequence
     }
 
 
-def shown(value: float | None, width: int, digits: int) -> str:
-    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
-
-
 def print_report(report: dict) -> None:
     print(f"seeds {report['cam_out_dir']} on {report['eval_set']} ({report['images']} images)")
     print(f"{'threshold':>10} {'mIoU':>8} {'fg on bg':>9}")
@@ -119,45 +83,6 @@ def print_report(report: dict) -> None:
         print(f"  {name:<14} {shown(value, 6, 2)}")
 
 
-def claim_output(folder: Path, kind: str, rank: int, hint: str = "", settings: dict | None = None) -> None:
-    """Rank 0 claims ``folder`` for ``kind`` (``bas.outputs.claim``) before any work; when
-    it may not, every process stops with its message, so that none waits for the others.
-    ``settings``, the choices its per-image files are made with, are recorded in the
-    folder's marker: a folder of files made otherwise is refused, since a re-run only adds
-    the missing files and would mix the two."""
-    error = None
-    if settings is not None:  # as the marker will hold them: JSON's lists, numbers and strings
-        settings = json.loads(json.dumps(settings, default=str))
-    if rank == 0:
-        try:
-            marker = read_marker(folder) or {}
-            recorded = marker.get("settings") if marker.get("kind") == kind else None
-            if settings is not None and recorded is not None and recorded != settings:
-                raise OutputError(f"{folder} holds files made with {recorded}, not {settings}: remove it or {hint}")
-            claim(folder, kind, hint, **({} if settings is None else {"settings": settings}))
-        except UserError as caught:
-            error = caught
-    error = gather_objects(error)[0]
-    if error is not None:
-        raise error
-
-
-def output_folder(inputs: str | Path, chosen: str | None) -> Path:
-    """Where a report on the folder ``inputs`` goes: ``chosen`` (a flag's value), else a
-    sibling (result/cam -> result/cam_eval), so that the scored folder, maybe the
-    original's, is only read."""
-    if chosen is not None:
-        return Path(chosen)
-    scored = Path(inputs).resolve()
-    return scored.with_name(f"{scored.name}_eval")
-
-
-def report_path(args: argparse.Namespace) -> Path:
-    """Where the report on ``args.cam_out_dir``'s seeds on ``args.chainer_eval_set`` goes."""
-    out_dir = output_folder(args.cam_out_dir, args.cam_eval_out_dir)
-    return out_dir / f"eval_cam_{Path(args.chainer_eval_set).stem}.json"
-
-
 def run(args: argparse.Namespace) -> dict:
     """Scores ``args.cam_out_dir`` on ``args.chainer_eval_set``, at ``args.cam_eval_thres``
     (a list) or the original's sweep; each process scores every world-th id and every
@@ -166,7 +91,7 @@ def run(args: argparse.Namespace) -> dict:
     masks = datasets.pipeline_data(args).masks(args.chainer_eval_set)
     classes = datasets.pipeline_data(args).classes
     path = report_path(args)
-    claim_output(path.parent, OUTPUT_KIND, args.rank, "choose another --cam_eval_out_dir")
+    claim_output(path.parent, REPORT_KIND, args.rank, "choose another --cam_eval_out_dir")
     local = score_seeds(
         args.cam_out_dir,
         masks,

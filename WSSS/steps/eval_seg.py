@@ -32,11 +32,9 @@ from bas.errors import CheckpointError, require_positive
 from WSSS import datasets
 from WSSS.crf import crf_refine
 from WSSS.labels import PALETTES, save_label_png
-from WSSS.segmentation import predict
-from WSSS.sharding import each_item, my_share, total
-from WSSS.steps import eval_sem_seg
-from WSSS.steps.eval_cam import claim_output
-from WSSS.steps.train_seg import load_segmentation_model
+from WSSS.reports import label_report
+from WSSS.segmentation import load_segmentation_model, predict
+from WSSS.sharding import claim_output, each_item, my_share, total
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +153,4 @@ def run(args: argparse.Namespace) -> dict:
     if test:
         log.info("eval_seg: no masks for %s; archive %s for the VOC server", args.val_list, out_dir / "results")
         return {"written": written}
-    scoring = {"sem_seg_out_dir": str(out_dir), "chainer_eval_set": args.val_list}
-    return eval_sem_seg.run(
-        argparse.Namespace(**{**vars(args), **scoring, "sem_seg_eval_out_dir": args.seg_eval_out_dir})
-    )
+    return label_report(args, out_dir, args.val_list, args.seg_eval_out_dir)

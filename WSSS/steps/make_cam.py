@@ -42,8 +42,7 @@ from WSSS import datasets
 from WSSS.datasets import MultiScaleItem
 from WSSS.models import build_model, load_checkpoint
 from WSSS.seeds import seed_path, write_seed
-from WSSS.sharding import each_item
-from WSSS.steps.eval_cam import claim_output
+from WSSS.sharding import claim_output, each_item
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,8 @@ from WSSS import datasets
 from WSSS.irn import IRN, load_irn
 from WSSS.labels import save_label_png
 from WSSS.randomwalk import propagate
-from WSSS.sharding import each_item, my_share, total
+from WSSS.sharding import claim_output, each_item, my_share, total
 from WSSS.seeds import read_seed, seed_path
-from WSSS.steps.eval_cam import claim_output
 
 log = logging.getLogger(__name__)
 

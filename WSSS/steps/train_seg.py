@@ -21,7 +21,8 @@ schedule (power 0.9) over the run's steps, taken before every step; cross entrop
 labelled pixels (255 ignored); 30k steps rounded up to whole epochs: 46 epochs of train_aug's
 10,582 images, 30,406 steps of 16 (``--seg_num_epoches`` sets the epochs). The demo's
 settings, and why, are in PRESETS. The weights file is ``{"model", "arch", "num_classes",
-"classes", "epoch", "crop_size", "dataset"}``, read by eval_seg (``load_segmentation_model``).
+"classes", "epoch", "crop_size", "dataset"}``, read by eval_seg
+(``WSSS.segmentation.load_segmentation_model``).
 """
 
 from __future__ import annotations
@@ -36,16 +37,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bas.engine import (
-    AMP_DTYPES,
-    load_state_dict_checked,
-    poly_max_step,
-    read_checkpoint,
-    save_atomic,
-    set_poly_lr,
-    sgd,
-)
-from bas.errors import ArgumentError, CheckpointError, require_positive
+from bas.engine import AMP_DTYPES, poly_max_step, save_atomic, set_poly_lr, sgd
+from bas.errors import ArgumentError, require_positive
 from bas.outputs import write_text_atomic
 from bas.training import TrainingRun, epoch_line, jsonable_args
 from WSSS import datasets
@@ -243,17 +236,3 @@ def run(args: argparse.Namespace) -> Path:
         log.info("segmentation net: %s", weights)
     run.close()
     return weights
-
-
-def load_segmentation_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The net saved by this stage at ``path``, on ``device`` in eval mode, and the file's
-    other entries (arch, num_classes, classes, ...)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no segmentation net there; train it first (stage train_seg)")
-    checkpoint = read_checkpoint(path)
-    if "arch" not in checkpoint or checkpoint["arch"] not in ARCHS or "num_classes" not in checkpoint:
-        raise CheckpointError(f"{path}: not a segmentation net of stage train_seg (no known 'arch', 'num_classes')")
-    model = build_segmentation_model(checkpoint["arch"], checkpoint["num_classes"])
-    load_state_dict_checked(model, checkpoint["model"], str(path))
-    return model.to(device).eval(), {k: v for k, v in checkpoint.items() if k != "model"}
