@@ -127,8 +127,9 @@ def _maps_and_summary(rank: int, world: int, data_dir, shift: float) -> tuple[di
             maps.update(zip(batch.indices.tolist(), batch.maps))
             yield batch
 
-    train_script.predict = predict
-    summary = train_script.evaluate(model, loader, samples, args, torch.device("cpu"), rank == 0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_script, "predict", predict)
+        summary = train_script.evaluate(model, loader, samples, args, torch.device("cpu"), rank == 0)
     return summary, maps
 
 
@@ -149,3 +150,4 @@ def test_evaluation_during_training_scores_the_saved_model(data_dir, tmp_path):
     assert sorted(scored) == sorted(maps)
     for index, score_map in maps.items():
         np.testing.assert_array_equal(scored[index], score_map)
+    assert train_script.predict is inference.predict  # the recording of the maps ended with the test
