@@ -6,9 +6,11 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from test_train import data_dir, run_train  # noqa: F401 (data_dir: the tiny synthetic set, a fixture)
 
-from bas.curves import LOSSES, SCORES, draw_curves, panel, read_curves
+from bas import curves
+from bas.curves import LOSSES, LR, SCORES, draw_curves, panel, read_curves
 from WSOL import train
 
 
@@ -33,12 +35,42 @@ def read_png(path) -> np.ndarray:
     return image
 
 
-def test_three_epochs_give_a_png_beside_the_log(tmp_path):
+def lines_of(axes) -> dict:
+    """The curves drawn on a matplotlib axes, by label: (epochs, values)."""
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in axes.get_lines()}
+
+
+def test_three_epochs_give_a_png_beside_the_log(tmp_path, monkeypatch):
+    """The PNG is a figure of three panels, each with its curves at the epochs that have them."""
+    figures = []
+
+    def recording_canvas(figure):
+        figures.append(figure)
+        return FigureCanvasAgg(figure)
+
+    monkeypatch.setattr(curves, "FigureCanvasAgg", recording_canvas)
     log = tmp_path / "run" / "log.jsonl"
     write_log(log, [wsol_record(1, evaluated=False), wsol_record(2), wsol_record(3)])
     assert draw_curves(log) == tmp_path / "run" / "log.png"
+    [figure] = figures
+    losses, scores, lr = figure.axes
+    assert [axes.get_ylabel() for axes in figure.axes] == [LOSSES, SCORES, LR] and lr.get_yscale() == "log"
+    epochs = [1, 2, 3]
+    assert lines_of(losses) == {
+        "ce": (epochs, [1.4, 0.7, 1.4 / 3]),
+        "ce_fg": (epochs, [1.3, 0.65, 1.3 / 3]),
+        "bas": (epochs, [0.2, 0.2, 0.2]),
+        "area": (epochs, [0.5, 0.5, 0.5]),
+    }
+    assert lines_of(scores) == {
+        "train/cls_acc": (epochs, [30.0, 60.0, 90.0]),
+        "test/cls_top1": ([2, 3], [42.0, 43.0]),  # the first epoch was not evaluated
+        "test/top1_loc": ([2, 3], [22.0, 23.0]),
+        "test/gt_known": ([2, 3], [52.0, 53.0]),
+    }
+    assert lines_of(lr) == {"lr": (epochs, [0.01, 0.005, 0.01 / 3])}
     image = read_png(tmp_path / "run" / "log.png")
-    assert 400 <= image.shape[0] <= 2000 and 600 <= image.shape[1] <= 2000 and image.std() > 10
+    assert list(image.shape[:2]) == [round(inches * figure.dpi) for inches in figure.get_size_inches()[::-1]]
     assert sorted(p.name for p in log.parent.iterdir()) == ["log.jsonl", "log.png"]  # no temporary file left
 
 
