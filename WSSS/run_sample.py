@@ -36,7 +36,7 @@ from WSSS.reports import shown
 from WSSS.steps.eval_sem_seg import score_label_folder
 from WSSS.steps.make_cam import seed_folder
 from WSSS.synthetic import ensure_synthetic_voc
-from WSSS.train_bas import SYNTHETIC_ROOT
+from WSSS.training import SYNTHETIC_ROOT
 
 log = logging.getLogger("run_sample")
 

@@ -19,6 +19,7 @@ from WSOL import train as wsol_train
 from WSOL.models import build_model, load_checkpoint
 from WSOL.synthetic import make_synthetic
 from WSSS import train_bas as wsss_train
+from WSSS import training as wsss_training
 from WSSS.steps.make_cam import load_net
 from WSSS.synthetic import make_synthetic_voc
 
@@ -180,7 +181,7 @@ def test_wsol_train_resume(name, wsol_data, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", UNREADABLE)
 def test_wsss_train_resume(name, voc, tmp_path, capsys):
-    run = claim(tmp_path / "run", wsss_train.RUN_KIND)
+    run = claim(tmp_path / "run", wsss_training.RUN_KIND)
     (run / "bas_last.pth").write_bytes(CONTENTS[name][0])
     argv = ["--dataset", "voc", "--voc12_root", str(voc), "--arch", "tiny", "--output-dir", str(run)]
     argv += ["--resume", "--batch-size", "4", "--crop-size", "32", "--resize-square", "36", *FAST]

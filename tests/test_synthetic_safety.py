@@ -16,7 +16,7 @@ from bas.outputs import MARKER, build_folder, claim
 from WSOL import synthetic as wsol_synthetic
 from WSOL.datasets import cub_release
 from WSSS import synthetic as wsss_synthetic
-from WSSS import train_bas
+from WSSS import training
 from WSSS.datasets import voc_samples
 
 # Each set: a small build, the same set with two training images (a rebuild), where a user's
@@ -179,8 +179,8 @@ def test_each_build_says_where_it_writes(name, tmp_path, caplog):
 
 # --------------------------------------------------------- WSSS: where the set is written
 def train_bas_args(*argv):
-    args = train_bas.get_args_parser().parse_args(list(argv))
-    train_bas.fill_defaults(args)
+    args = training.get_args_parser().parse_args(list(argv))
+    training.fill_defaults(args)
     return args
 
 
@@ -198,10 +198,10 @@ def test_a_mistyped_voc12_root_is_reported_not_made(tmp_path, monkeypatch):
 def test_the_wsss_demo_set_is_written_at_its_place_or_with_the_flag(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     small = functools.partial(wsss_synthetic.ensure_synthetic_voc, num_train_aug=3, num_train=1, num_val=1)
-    monkeypatch.setattr(train_bas, "ensure_synthetic_voc", small)
-    samples, _ = train_bas.training_samples(train_bas_args())  # the default place, data/SyntheticVOC
+    monkeypatch.setattr(training, "ensure_synthetic_voc", small)
+    samples, _ = training.training_samples(train_bas_args())  # the default place, data/SyntheticVOC
     assert len(samples) == 3 and (tmp_path / "data" / "SyntheticVOC" / "VOC2012").is_dir()
-    samples, _ = train_bas.training_samples(train_bas_args("--voc12_root", "elsewhere", "--make_synthetic"))
+    samples, _ = training.training_samples(train_bas_args("--voc12_root", "elsewhere", "--make_synthetic"))
     assert len(samples) == 3 and (tmp_path / "elsewhere" / "VOC2012").is_dir()
-    samples, _ = train_bas.training_samples(train_bas_args("--voc12_root", "elsewhere"))  # a set: used where it is
+    samples, _ = training.training_samples(train_bas_args("--voc12_root", "elsewhere"))  # a set: used where it is
     assert len(samples) == 3

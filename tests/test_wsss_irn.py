@@ -18,7 +18,7 @@ from WSSS.datasets import voc_palette
 from WSSS.irn import EPS, PathIndex, build_irn, irn_loss, load_irn
 from WSSS.models import build_model
 from WSSS.synthetic import make_synthetic_voc
-from WSSS.train_bas import RUN_KIND
+from WSSS.training import RUN_KIND
 
 UNSURE = 255
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bas.errors import OutputError
-from WSSS import run_sample, train_bas
+from WSSS import run_sample, training
 from WSSS.irn import build_irn
 from WSSS.pictures import DEFAULT_THRESHOLD, scored_threshold
 from WSSS.reports import report_path
@@ -32,7 +32,7 @@ def trained(tmp_path_factory):
         argv = ["--method", method, "--dataset", "voc", "--voc12-root", str(voc), "--arch", "tiny", "--epochs", "1"]
         argv += ["--pretrained", "none", "--crop-size", "64", "--resize-square", "72", "--batch-size", "8"]
         argv += ["--workers", "0", "--no-progress", "--output-dir", str(folder / "sess")]
-        weights[method] = train_bas.train(train_bas.get_args_parser().parse_args(argv))["weights"]
+        weights[method] = training.train(training.get_args_parser().parse_args(argv))["weights"]
     return voc, weights, folder
 
 

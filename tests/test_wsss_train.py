@@ -17,7 +17,7 @@ from bas import training
 from bas.engine import param_groups, poly_max_step, set_poly_lr, sgd
 from bas.errors import ArgumentError, CheckpointError
 from bas.outputs import read_marker
-from WSSS import train_bas
+from WSSS import training
 from WSSS.models import build_model, load_checkpoint
 from WSSS.steps import train_bas as train_bas_stage
 from WSSS.steps import train_cam as train_cam_stage
@@ -44,7 +44,7 @@ def argv(voc: Path, output_dir: Path, method: str = "bas", *extra: str) -> list[
 
 
 def train(voc: Path, output_dir: Path, method: str = "bas", *extra: str) -> dict:
-    return train_bas.train(train_bas.get_args_parser().parse_args(argv(voc, output_dir, method, *extra)))
+    return training.train(training.get_args_parser().parse_args(argv(voc, output_dir, method, *extra)))
 
 
 def log_records(output_dir: Path, method: str) -> list[dict]:
@@ -60,7 +60,7 @@ def test_one_epoch_gives_weights_that_load(voc, tmp_path, method, parts):
     assert result["weights"] == tmp_path / "sess" / name
     (record,) = log_records(tmp_path / "sess", method)
     assert record["epoch"] == 1 and set(record["train"]) == parts
-    assert read_marker(tmp_path / "sess")["kind"] == train_bas.RUN_KIND
+    assert read_marker(tmp_path / "sess")["kind"] == training.RUN_KIND
 
     checkpoint = torch.load(result["weights"], weights_only=True)
     assert {k: checkpoint[k] for k in ("epoch", "method", "arch", "num_classes")} == {
@@ -97,7 +97,7 @@ def test_coco_root(voc, tmp_path):
     (root / "annotations" / "instances_train2014.json").write_text(json.dumps(content))
     flags = ["--dataset", "coco", "--coco-root", str(root), "--arch", "tiny", "--output-dir", str(tmp_path / "run")]
     flags += ["--batch-size", "4", "--epochs", "1", "--workers", "0", "--no-progress", *SMALL["bas"]]
-    result = train_bas.train(train_bas.get_args_parser().parse_args(flags))
+    result = training.train(training.get_args_parser().parse_args(flags))
     checkpoint = torch.load(result["weights"], weights_only=True)
     assert checkpoint["num_classes"] == 80 and checkpoint["classes"][-1] == "category 90"
     assert checkpoint["dataset"] == "coco" and checkpoint["model"]["classifier_cls.weight"].shape[0] == 80
@@ -154,7 +154,7 @@ def test_optimizer_and_schedule_are_the_originals():
     biases = [model.features[0].bias.detach().clone(), model.features[1].bias.detach().clone()]
     lr, wd, max_step, power = 0.1, 1e-4, 3, 0.9
 
-    ours = sgd(model, lr, wd, momentum=1e-4, nesterov=False, multipliers=train_bas.WEIGHTS_ONLY)
+    ours = sgd(model, lr, wd, momentum=1e-4, nesterov=False, multipliers=training.WEIGHTS_ONLY)
     groups = {g["lr_multiplier"]: g["params"] for g in ours.param_groups}
     assert groups[1] == [model.features[0].weight, model.features[1].weight]  # BatchNorm's weight, no bias
     assert groups[10] == [model.classifier.weight]
@@ -200,7 +200,7 @@ def test_the_nets_give_the_originals_parameters_to_the_optimizer():
     """BAS: parameters named "weight" only, classifier_* 10x; IRN's CAM net: every trainable
     parameter (BatchNorm biases too), but not the frozen stem, layer1 and layer2."""
     bas = build_model("bas", 4, arch="tiny")
-    groups = {g["lr_multiplier"]: g["params"] for g in param_groups(bas, 1.0, train_bas.WEIGHTS_ONLY)}
+    groups = {g["lr_multiplier"]: g["params"] for g in param_groups(bas, 1.0, training.WEIGHTS_ONLY)}
     names = {id(p): name for name, p in bas.named_parameters()}
     assert sorted(names[id(p)] for p in groups[10]) == ["classifier_cls.weight", "classifier_loc.0.weight"]
     assert all(names[id(p)].endswith("weight") for p in groups[1])
@@ -209,7 +209,7 @@ def test_the_nets_give_the_originals_parameters_to_the_optimizer():
         name for name in names.values() if name.endswith("bias")
     }
     cam = build_model("cam", 4)
-    groups = param_groups(cam, 1.0, train_bas.WITH_BIASES)
+    groups = param_groups(cam, 1.0, training.WITH_BIASES)
     given = {id(p) for group in groups for p in group["params"]}
     left_out = {name for name, p in cam.named_parameters() if id(p) not in given}
     assert left_out == {name for name, p in cam.named_parameters() if not p.requires_grad} != set()
@@ -232,7 +232,7 @@ def test_the_nets_give_the_originals_parameters_to_the_optimizer():
 def test_flags_are_checked_before_any_work(flags, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where the demo set and the outputs would go by default
     with pytest.raises(ArgumentError, match=message):
-        train_bas.train(train_bas.get_args_parser().parse_args(flags))
+        training.train(training.get_args_parser().parse_args(flags))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -242,7 +242,7 @@ def test_a_bad_flag_is_one_line(tmp_path):
     )
     assert result.returncode == 2 and result.stderr == "error: --epochs 0: must be positive\n"
     assert list(tmp_path.iterdir()) == []
-    assert train_bas.get_args_parser().parse_args(["--local_rank=1"]).local_rank == 1  # the legacy launcher
+    assert training.get_args_parser().parse_args(["--local_rank=1"]).local_rank == 1  # the legacy launcher
 
 
 def test_stages_train_once_then_use_the_weights(voc, tmp_path):

@@ -2,7 +2,7 @@
 
 Uses the weights at ``--bas_weights_name`` when the file exists (the original release's
 epoch_10.pth.tar, or this stage's earlier result); otherwise trains them there as
-train_bas.py does, resuming an interrupted run (WSSS/train_bas.py, ``run_stage``).
+train_bas.py does, resuming an interrupted run (``WSSS.training.run_stage``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from WSSS.train_bas import run_stage
+from WSSS.training import run_stage
 
 
 def run(args: argparse.Namespace) -> Path:

@@ -4,7 +4,7 @@ Uses the weights at ``--cam_weights_name`` (or ``<name>.pth``, the file IRN's tr
 writes) when the file exists, e.g. IRN's res50_cam.pth; otherwise trains them there with
 IRN's settings (train_cam.py), resuming an interrupted run; IRN's ``--cam_batch_size``,
 ``--cam_num_epoches``, ``--cam_learning_rate``, ``--cam_weight_decay`` and
-``--cam_crop_size`` apply where run_sample.py has them (WSSS/train_bas.py, ``run_stage``).
+``--cam_crop_size`` apply where run_sample.py has them (``WSSS.training.run_stage``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from WSSS.train_bas import run_stage
+from WSSS.training import run_stage
 
 
 def run(args: argparse.Namespace) -> Path:

@@ -45,7 +45,7 @@ from bas.training import TrainingRun, epoch_line, jsonable_args
 from WSSS import datasets
 from WSSS.datasets import LabelledCrop, LabelledSet, Sample, TopLeftSet
 from WSSS.irn import IRN, LAYOUTS, PathIndex, build_irn, irn_loss
-from WSSS.train_bas import RUN_KIND
+from WSSS.training import RUN_KIND
 
 log = logging.getLogger(__name__)
 

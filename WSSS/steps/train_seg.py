@@ -44,7 +44,7 @@ from bas.training import TrainingRun, epoch_line, jsonable_args
 from WSSS import datasets
 from WSSS.datasets import IGNORE, LabelledCrop, LabelledSet
 from WSSS.segmentation import ARCHS, build_segmentation_model, logits
-from WSSS.train_bas import RUN_KIND, WITH_BIASES
+from WSSS.training import RUN_KIND, WITH_BIASES
 
 log = logging.getLogger(__name__)
 
