@@ -21,7 +21,6 @@ of --refine_nets. The original's flag names work with underscores and with dashe
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 from pathlib import Path
@@ -33,6 +32,18 @@ from WSSS import datasets
 from WSSS.models import ARCHS
 from WSSS.pictures import save_strips
 from WSSS.reports import shown
+from WSSS.steps import (
+    cam_to_ir_label,
+    eval_cam,
+    eval_sem_seg,
+    eval_seg,
+    make_cam,
+    make_sem_seg_labels,
+    train_bas,
+    train_cam,
+    train_irn,
+    train_seg,
+)
 from WSSS.steps.eval_sem_seg import score_label_folder
 from WSSS.steps.make_cam import seed_folder
 from WSSS.synthetic import ensure_synthetic_voc
@@ -40,21 +51,31 @@ from WSSS.training import SYNTHETIC_ROOT
 
 log = logging.getLogger("run_sample")
 
-# name -> module with run(args), in the order the pipeline runs them. run(args) gets the
-# flags below and args.device, args.rank, args.world (set here once, by init_distributed).
-# A module may declare flags of its own: add_arguments(parser, add), ``add`` as _add below.
+# name -> the run(args) of its module WSSS/steps/<name>.py, in the order the pipeline runs
+# them. run(args) gets the flags below and args.device, args.rank, args.world (set here once,
+# by init_distributed).
 STAGES = {
-    "train_cam": "WSSS.steps.train_cam",
-    "train_bas": "WSSS.steps.train_bas",
-    "make_cam": "WSSS.steps.make_cam",
-    "eval_cam": "WSSS.steps.eval_cam",
-    "cam_to_ir_label": "WSSS.steps.cam_to_ir_label",
-    "train_irn": "WSSS.steps.train_irn",
-    "make_sem_seg_labels": "WSSS.steps.make_sem_seg_labels",
-    "eval_sem_seg": "WSSS.steps.eval_sem_seg",
-    "train_seg": "WSSS.steps.train_seg",
-    "eval_seg": "WSSS.steps.eval_seg",
+    "train_cam": train_cam.run,
+    "train_bas": train_bas.run,
+    "make_cam": make_cam.run,
+    "eval_cam": eval_cam.run,
+    "cam_to_ir_label": cam_to_ir_label.run,
+    "train_irn": train_irn.run,
+    "make_sem_seg_labels": make_sem_seg_labels.run,
+    "eval_sem_seg": eval_sem_seg.run,
+    "train_seg": train_seg.run,
+    "eval_seg": eval_seg.run,
 }
+# The stages that declare flags of their own, in the same order: add_arguments(parser, add),
+# ``add`` as _add below.
+STAGE_FLAGS = (
+    cam_to_ir_label.add_arguments,
+    train_irn.add_arguments,
+    make_sem_seg_labels.add_arguments,
+    eval_sem_seg.add_arguments,
+    train_seg.add_arguments,
+    eval_seg.add_arguments,
+)
 # What a run without --stages or --all (and without *_pass switches) does: the seeds.
 DEFAULT_STAGES = ("train_cam", "train_bas", "make_cam", "eval_cam")
 SEED_NETS = ("bas+cam", "bas", "cam")
@@ -236,10 +257,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "the image, its seeds, IR labels, pseudo mask, segmentation and ground truth (what exists of them)",
     )
     _add(group, "images_out_dir", help="where the strips go (default result/images; result_synthetic/images)")
-    for module in STAGES.values():
-        add_arguments = getattr(importlib.import_module(module), "add_arguments", None)
-        if add_arguments is not None:
-            add_arguments(parser, _add)
+    for add_arguments in STAGE_FLAGS:
+        add_arguments(parser, _add)
     return parser
 
 
@@ -301,7 +320,7 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict[str, dict]:
     """One stage, once per seed variant where it reads one (eval_cam for every --seed_nets
     entry, the refinement for every --refine_nets entry). Returns the reports of the
     scoring stages by variant."""
-    module = importlib.import_module(STAGES[stage])
+    run = STAGES[stage]
     if args.dataset == "synthetic" and stage not in ("train_cam", "train_bas"):
         # The original makes seeds of all of train_aug and refines them all; the demo works on
         # the list eval_cam scores, to keep within minutes on a CPU.
@@ -309,10 +328,10 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict[str, dict]:
     if stage == "make_cam":  # every variant a later stage reads, from one pass of the nets
         args = argparse.Namespace(**{**vars(args), "seed_nets": list(dict.fromkeys(args.seed_nets + args.refine_nets))})
     if stage not in PER_VARIANT:
-        module.run(args)
+        run(args)
         return {}
     variants = args.seed_nets if stage == "eval_cam" else args.refine_nets
-    return {nets: module.run(variant_args(args, nets)) for nets in variants}
+    return {nets: run(variant_args(args, nets)) for nets in variants}
 
 
 def print_summary(reports: dict[str, dict[str, dict]], ir_labels: dict[str, dict]) -> None:
