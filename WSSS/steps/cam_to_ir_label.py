@@ -3,7 +3,7 @@ made from the seeds as IRN makes them.
 
 A seed is sure of a class only where its map is high, and sure of the background only where
 every map is low. So each image gets two labellings, both refined by a dense CRF on the
-image's colours (IRN's ``crf_inference_label``, through pydensecrf):
+image's colours (IRN's ``crf_inference_label``: ``WSSS.crf.crf_labels``):
 
 - confident foreground: background plane ``--conf_fg_thres`` (0.30) in front of the maps,
   argmax, CRF; its classes are kept;
