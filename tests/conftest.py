@@ -1,5 +1,7 @@
-"""Shared fixtures: the real annotation files and checkpoint key lists live outside the repo."""
+"""Shared fixtures: the real annotation files and checkpoint key lists live outside the repo;
+the models' tests copy a module-wide model per test and look at where gradients went."""
 
+import copy
 import os
 from pathlib import Path
 
@@ -20,3 +22,23 @@ def shared_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def fresh():
+    """Copies a model, in training mode, so that tests do not see each other's gradients or statistics."""
+
+    def copy_of(model: torch.nn.Module) -> torch.nn.Module:
+        return copy.deepcopy(model).train()
+
+    return copy_of
+
+
+@pytest.fixture
+def grads():
+    """Maps a module's parameter names to whether each received a non-zero gradient."""
+
+    def received(module: torch.nn.Module) -> dict[str, bool]:
+        return {name: p.grad is not None and bool(p.grad.abs().sum() > 0) for name, p in module.named_parameters()}
+
+    return received

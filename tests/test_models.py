@@ -19,13 +19,8 @@ def model(request):
     return build_model(request.param, NUM_CLASSES)
 
 
-def fresh(model):
-    """An independent copy, so that tests do not see each other's gradients or statistics."""
-    return copy.deepcopy(model).train()
-
-
 @torch.no_grad()
-def test_shapes_at_224(model):
+def test_shapes_at_224(model, fresh):
     model = fresh(model).eval()
     images, labels = torch.randn(2, 3, 224, 224), torch.tensor([1, 5])
     features, class_map = model.features_and_class_map(images)
@@ -40,7 +35,7 @@ def test_shapes_at_224(model):
 
 
 @torch.no_grad()
-def test_localize_topk_is_mean_of_top_classes(model):
+def test_localize_topk_is_mean_of_top_classes(model, fresh):
     model = fresh(model).eval()
     images = torch.randn(2, 3, 64, 64)
     score, fg_map = model.localize(images, topk=NUM_CLASSES)
@@ -48,11 +43,6 @@ def test_localize_topk_is_mean_of_top_classes(model):
     assert torch.allclose(fg_map, all_maps.mean(1, keepdim=True), atol=1e-6)
     with pytest.raises(ValueError, match="GT-known"):
         model.localize(images)
-
-
-def grads(module):
-    """Parameter name -> whether it received a non-zero gradient."""
-    return {name: p.grad is not None and bool(p.grad.abs().sum() > 0) for name, p in module.named_parameters()}
 
 
 def unsaturated_output(model, images, labels):
@@ -65,7 +55,7 @@ def unsaturated_output(model, images, labels):
     return out
 
 
-def test_bas_term_reaches_loc_head_and_head_only(model):
+def test_bas_term_reaches_loc_head_and_head_only(model, fresh, grads):
     model = fresh(model)
     images, labels = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
     out = unsaturated_output(model, images, labels)
@@ -76,7 +66,7 @@ def test_bas_term_reaches_loc_head_and_head_only(model):
     assert not any(grads(model.classifier_cls).values())
 
 
-def test_cross_entropy_reaches_whole_backbone(model):
+def test_cross_entropy_reaches_whole_backbone(model, fresh, grads):
     model = fresh(model)
     images, labels = torch.randn(2, 3, 64, 64), torch.tensor([0, 4])
     torch.nn.functional.cross_entropy(model(images, labels).score, labels).backward()
@@ -86,7 +76,7 @@ def test_cross_entropy_reaches_whole_backbone(model):
     assert not any(grads(model.classifier_loc).values())
 
 
-def test_foreground_cross_entropy_reaches_loc_head(model):
+def test_foreground_cross_entropy_reaches_loc_head(model, fresh, grads):
     model = fresh(model)
     images, labels = torch.randn(2, 3, 64, 64), torch.tensor([0, 4])
     torch.nn.functional.cross_entropy(model(images, labels).score_fg, labels).backward()
@@ -94,7 +84,7 @@ def test_foreground_cross_entropy_reaches_loc_head(model):
     assert all(grads(model.classifier_cls).values())
 
 
-def test_frozen_pass_leaves_running_statistics(model):
+def test_frozen_pass_leaves_running_statistics(model, fresh):
     model = fresh(model)
     reference = copy.deepcopy(model)
     images, labels = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
@@ -110,7 +100,7 @@ def loss_and_gradients(model, images, labels):
     return loss.detach(), [p.grad for p in model.parameters()]
 
 
-def test_channels_last_gives_the_same_loss_and_gradients(model):
+def test_channels_last_gives_the_same_loss_and_gradients(model, fresh):
     """--channels-last: the same numbers from NHWC weights and images. In float64, as
     float32 rounding, summed in another order, grows through a deep net at random init."""
     images, labels = torch.randn(2, 3, 64, 64, dtype=torch.float64), torch.tensor([1, 4])

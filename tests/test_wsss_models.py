@@ -40,23 +40,13 @@ def cam_net(request):
     return build_model("cam", NUM_CLASSES, arch=request.param)
 
 
-def fresh(model):
-    """An independent copy, so that tests do not see each other's gradients or statistics."""
-    return copy.deepcopy(model).train()
-
-
-def grads(module):
-    """Parameter name -> whether it received a non-zero gradient."""
-    return {name: p.grad is not None and bool(p.grad.abs().sum() > 0) for name, p in module.named_parameters()}
-
-
 def stride(model):
     return 16 if model.arch == "resnet50" else 4
 
 
 # ------------------------------------------------------------------------------ shapes
 @torch.no_grad()
-def test_bas_net_shapes(bas_net):
+def test_bas_net_shapes(bas_net, fresh):
     model = fresh(bas_net).eval()
     images, s = torch.randn(4, 3, 64, 96), stride(bas_net)
     out = model(images, LABELS, POSITIVE)
@@ -71,7 +61,7 @@ def test_bas_net_shapes(bas_net):
 
 
 @torch.no_grad()
-def test_cam_net_shapes_and_score_is_gap_of_the_class_map(cam_net):
+def test_cam_net_shapes_and_score_is_gap_of_the_class_map(cam_net, fresh):
     model = fresh(cam_net).eval()
     images, s = torch.randn(2, 3, 64, 96), stride(cam_net)
     out = model(images, LABELS[:2])
@@ -95,7 +85,7 @@ def amc_output(model, images, labels):
     return out
 
 
-def test_multilabel_cross_entropy_reaches_all_but_the_localization_head(bas_net):
+def test_multilabel_cross_entropy_reaches_all_but_the_localization_head(bas_net, fresh, grads):
     model = fresh(bas_net)
     out = model(torch.randn(4, 3, 64, 64), LABELS, POSITIVE)
     multilabel_cross_entropy(out.score, LABELS).backward()
@@ -106,7 +96,7 @@ def test_multilabel_cross_entropy_reaches_all_but_the_localization_head(bas_net)
 
 
 @pytest.mark.parametrize("term", ["ce_fg", "bas", "area"])
-def test_amc_terms_reach_the_localization_head_and_the_head_only(bas_net, term):
+def test_amc_terms_reach_the_localization_head_and_the_head_only(bas_net, term, fresh, grads):
     """CE(score_fg), bas and area train classifier_loc and the layers up to the tap,
     never the tail or classifier_cls (score_fg weights a detached class map)."""
     model = fresh(bas_net)
@@ -119,7 +109,7 @@ def test_amc_terms_reach_the_localization_head_and_the_head_only(bas_net, term):
     assert not any(grads(model.classifier_cls).values()), f"{term} reached classifier_cls"
 
 
-def test_frozen_pass_leaves_running_statistics(bas_net):
+def test_frozen_pass_leaves_running_statistics(bas_net, fresh):
     model = fresh(bas_net)
     reference = copy.deepcopy(model)
     images = torch.randn(4, 3, 64, 64)
@@ -198,7 +188,7 @@ def test_multilabel_bas_loss_hand_made():
     assert total.item() == pytest.approx(ce + ce_fg + 0.6)
 
 
-def test_multilabel_soft_margin_loss_of_the_cam_net(cam_net):
+def test_multilabel_soft_margin_loss_of_the_cam_net(cam_net, fresh):
     out = fresh(cam_net)(torch.randn(2, 3, 32, 32), LABELS[:2])
     total, parts = multilabel_soft_margin_loss(out, LABELS[:2])
     assert set(parts) == {"soft_margin"}
