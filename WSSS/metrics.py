@@ -74,9 +74,9 @@ def threshold_counts(
 
     At threshold t a pixel is foreground exactly when its top score beats t (a score equal
     to t loses: the background plane is first), and it then takes the class of its first
-    top score, whatever t is. So the class is found once, and sorting the top score into
-    the thresholds says at which of them the pixel is foreground. The thresholds are cast
-    to the cams' dtype, as the original's padding casts t, so that ties fall the same way.
+    top score, whatever t is. So the class is found once, and counting the thresholds
+    below the top score says at which of them the pixel is foreground. The thresholds are
+    cast to the cams' dtype, as the original's padding casts t, so that ties fall the same way.
 
     cams: K x H x W scores of the seed's classes, keys: K class indices (0-based, the
     background excluded), gt: H x W labels (``IGNORE`` left out), thresholds: T values in
@@ -92,27 +92,49 @@ def threshold_counts(
         raise ValueError(f"ground truth {gt.shape} and seed {cams.shape[1:]} differ in size")
     if len(keys) and not 0 <= int(np.min(keys)) <= int(np.max(keys)) < num_classes - 1:
         raise ValueError(f"class keys {np.asarray(keys).tolist()} out of range for {num_classes - 1} classes")
+    if gt.size and (int(gt.min()) < 0 or int(gt.max()) > IGNORE):
+        raise ValueError(f"ground truth labels outside 0..{num_classes - 1} and {IGNORE}")
     bins = len(levels) + 1
-    valid = gt != IGNORE
-    truth = gt[valid].astype(np.int64)  # P
     if len(keys) == 0:  # no foreground plane: background everywhere, at every threshold
-        fg_class = np.zeros_like(truth)
-        below = np.zeros_like(truth)
+        first, below, planes, classes = 0, 0, 1, np.zeros(1, np.int64)
     else:
-        # Reductions over the contiguous K x H x W maps, pixels picked after: a K x P copy
-        # made by the boolean index would be strided, and np.argmax over K is slow.
-        top = cams.max(axis=0)  # H x W; nan where a score is nan (np.max passes nan on)
-        first = np.zeros(gt.shape, dtype=np.int64)  # the first class at the top, as np.argmax
-        for k in range(len(keys) - 1, -1, -1):  # (which takes a nan for the top)
-            np.copyto(first, k, where=(cams[k] == top) | np.isnan(cams[k]))
-        fg_class = (np.asarray(keys, dtype=np.int64) + 1)[first[valid]]  # P
-        # Thresholds strictly below the top score (a nan top score, like np.argmax, beats all).
-        below = np.searchsorted(levels, top[valid], side="left")  # P in [0, T]
-    index = (truth * num_classes + fg_class) * bins + below
-    counts = np.bincount(index, minlength=num_classes * num_classes * bins)
-    if counts.size > num_classes * num_classes * bins:
+        first, below = top_class_and_bin(cams, levels)
+        planes, classes = len(keys), np.asarray(keys, dtype=np.int64) + 1
+    # One bincount over (gt label, plane, j) with gt as read (the void label 255 included,
+    # cheaper to drop from the counts than from the pixels), then planes become classes.
+    index = (gt.astype(np.intp) * planes + first) * bins + below
+    by_label = np.bincount(index.ravel(), minlength=(IGNORE + 1) * planes * bins).reshape(IGNORE + 1, planes, bins)
+    if by_label[num_classes:IGNORE].any():
         raise ValueError(f"ground truth labels at or above {num_classes} (other than {IGNORE})")
-    return counts.reshape(num_classes, num_classes, bins)
+    counts = np.zeros((num_classes, num_classes, bins), dtype=np.int64)
+    np.add.at(counts, (slice(None), classes), by_label[:num_classes])
+    return counts
+
+
+def top_class_and_bin(cams: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel of K x H x W ``cams``: the plane of the first top score, as ``np.argmax``
+    gives it, and how many of the ascending ``levels`` lie strictly below that score
+    (a nan score, which ``np.argmax`` takes for the top, beats them all). Both H x W, as
+    small unsigned integers: whole-map comparisons and sums, no per-pixel search or
+    masked write, which cost more than the rest of the scoring together."""
+    top = cams.max(axis=0)  # nan where a score is nan (np.max passes nan on)
+    below = np.zeros(top.shape, dtype=np.min_scalar_type(len(levels)))
+    above = np.empty(top.shape, dtype=bool)
+    for level in levels:
+        np.greater(top, level, out=above)
+        below += above
+    nan = np.isnan(top)
+    if nan.any():
+        below[nan] = len(levels)
+        return np.argmax(cams, axis=0), below
+    # The first top plane is the number of planes before it: the length of the leading
+    # run of planes below the top (the last plane is at the top when all others are not).
+    first = np.zeros(top.shape, dtype=np.min_scalar_type(len(cams)))
+    not_yet = np.ones(top.shape, dtype=bool)
+    for plane in cams[:-1]:
+        not_yet &= plane != top
+        first += not_yet
+    return first, below
 
 
 def threshold_confusions(counts: np.ndarray) -> np.ndarray:

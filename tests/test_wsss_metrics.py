@@ -128,6 +128,21 @@ def test_all_thresholds_equal_one_at_a_time(dtype, tied):
             np.testing.assert_array_equal(confusions[i], plain_confusion(gt, plain_prediction(cams, keys, t), 21))
 
 
+def test_all_thresholds_on_a_hand_made_seed():
+    """A 2 x 3 seed of classes 2 and 5 (keys 1, 4), one void pixel, thresholds 0.3 and 0.5:
+    a score equal to a threshold is background there, a tie between classes goes to the first."""
+    cams = np.array(
+        [[[0.6, 0.3, 0.1], [0.5, 0.9, 0.4]], [[0.2, 0.3, 0.7], [0.5, 0.1, 0.2]]], dtype=np.float32
+    )  # top scores 0.6 0.3 0.7 / 0.5 (tie) 0.9 0.4
+    gt = np.array([[2, 2, 5], [0, 255, 0]], np.uint8)
+    confusions = metrics.threshold_confusions(metrics.threshold_counts(cams, np.array([1, 4]), gt, [0.3, 0.5], 6))
+    at_03 = np.zeros((6, 6), np.int64)
+    at_03[2, 2], at_03[2, 0], at_03[5, 5], at_03[0, 2] = 1, 1, 1, 2  # 0.3 ties t; 0.5 and 0.4 beat it
+    at_05 = np.zeros((6, 6), np.int64)
+    at_05[2, 2], at_05[2, 0], at_05[5, 5], at_05[0, 0] = 1, 1, 1, 2  # 0.5 ties t, 0.4 is below
+    np.testing.assert_array_equal(confusions, [at_03, at_05])
+
+
 @pytest.mark.parametrize("t", metrics.SWEEP)
 def test_a_score_equal_to_the_threshold_is_background(t):
     """The original's padding casts t to the cams' dtype (float32 rounds 0.3 up, 0.29 down):
