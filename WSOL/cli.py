@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from bas.cli import add_process_flags, add_speed_arguments
-from bas.engine import memory_format
+from bas.devices import memory_format
 from bas.errors import ArgumentError, CheckpointError, require_positive
 from bas.outputs import check_writable, read_marker
 from WSOL import datasets

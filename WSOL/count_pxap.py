@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from bas.engine import finish_distributed, gather_objects, init_distributed
+from bas.distributed import finish_distributed, gather_objects, init_distributed
 from bas.errors import DatasetError, run_main
 from bas.outputs import claim, write_text_atomic
 from WSOL import metrics

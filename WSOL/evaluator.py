@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bas.engine import finish_distributed, gather_objects, init_distributed
+from bas.distributed import finish_distributed, gather_objects, init_distributed
 from bas.errors import ArgumentError, OutputError, require_unit_interval, run_main
 from bas.outputs import check_writable, claim, input_stamp, read_marker, write_text_atomic
 from bas.viz import overlay, save_rgb

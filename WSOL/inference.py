@@ -15,9 +15,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from bas.amc import global_average
-from bas.engine import autocast, loader_options, memory_format
+from bas.devices import autocast, memory_format
 from bas.errors import ArgumentError
 from bas.outputs import replace_atomic
+from bas.sampling import loader_options
 from WSOL import metrics
 from WSOL.datasets import DatasetError, ImageDataset, Sample
 from WSOL.models import Generator

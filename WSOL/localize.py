@@ -44,8 +44,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
 from bas.amc import global_average
+from bas.checkpoints import read_checkpoint
 from bas.cli import add_speed_arguments
-from bas.engine import autocast, loader_options, memory_format, pick_device, read_checkpoint
+from bas.devices import autocast, memory_format, pick_device
 from bas.errors import (
     ArgumentError,
     CheckpointError,
@@ -56,6 +57,7 @@ from bas.errors import (
     run_main,
 )
 from bas.outputs import MARKER, build_folder, check_writable, read_marker, write_text_atomic
+from bas.sampling import loader_options
 from bas.viz import overlay, save_rgb
 from WSOL import metrics
 from WSOL.cli import add_model_arguments, class_names, model_for_evaluation

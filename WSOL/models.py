@@ -16,7 +16,7 @@ from torch import nn
 
 from bas.amc import GeneratorOutput, activation_map_constraint, global_average, mean_class_map, pick
 from bas.backbones import Backbone, build_backbone, load_imagenet_weights
-from bas.engine import Checkpoint, load_state_dict_checked, read_checkpoint
+from bas.checkpoints import Checkpoint, load_state_dict_checked, read_checkpoint
 
 log = logging.getLogger(__name__)
 

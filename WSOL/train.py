@@ -19,9 +19,11 @@ import logging
 from pathlib import Path
 
 from bas.amc import bas_loss
+from bas.checkpoints import read_checkpoint, save_atomic
 from bas.cli import add_speed_arguments
-from bas.engine import gather_objects, read_checkpoint, save_atomic, set_step_lr, sgd, share_buffers
+from bas.distributed import gather_objects, share_buffers
 from bas.errors import ArgumentError, require_positive, require_unit_interval, run_main
+from bas.optim import set_step_lr, sgd
 from bas.outputs import check_writable, write_text_atomic
 from bas.training import TrainingRun, add_tensorboard_flag, epoch_line, flag_values, jsonable_args
 from WSOL.cli import BEST_CHECKPOINTS, load_samples, resolve_preset, script_parser

@@ -491,7 +491,7 @@ class TrainTransform:
     resize (random long side in ``resize_long`` = (min, max), inclusive; or both sides to
     ``resize_square``), normalize, random horizontal flip, random crop. A side shorter than the
     crop is placed at a random offset in a zero container (zero after normalization: the mean
-    colour). Random draws come from torch's generator, so ``bas.engine.SeededItems`` makes each
+    colour). Random draws come from torch's generator, so ``bas.sampling.SeededItems`` makes each
     sample's augmentation depend on (seed, epoch, index) only.
     """
 
@@ -700,7 +700,7 @@ class LabelledCrop:
     flipped or not, both cropped at one random place (where smaller, padded: the image with
     0, the mean colour, the labels with 255, unsure / ignored), then the labels reduced to
     ``label_stride`` (nearest). Random draws come from torch's generator
-    (``bas.engine.SeededItems``)."""
+    (``bas.sampling.SeededItems``)."""
 
     def __init__(self, crop: int, scale_range: tuple[float, float], flip: bool = True, label_stride: int = 1):
         self.crop, self.scale_range, self.flip, self.label_stride = crop, scale_range, flip, label_stride

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bas.backbones import Backbone, load_imagenet_weights
-from bas.engine import load_state_dict_checked, read_checkpoint
+from bas.checkpoints import load_state_dict_checked, read_checkpoint
 from bas.errors import CheckpointError
 from WSSS.datasets import IGNORE
 from WSSS.models import ARCHS, IMAGENET_ARCH

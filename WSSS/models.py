@@ -34,7 +34,7 @@ from torch import nn
 
 from bas.amc import GeneratorOutput, activation_map_constraint, bas_loss, pick
 from bas.backbones import Backbone, load_imagenet_weights, resnet50, tiny
-from bas.engine import Checkpoint, load_state_dict_checked, read_checkpoint
+from bas.checkpoints import Checkpoint, load_state_dict_checked, read_checkpoint
 from bas.errors import CheckpointError
 
 log = logging.getLogger(__name__)

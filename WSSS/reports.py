@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from bas.engine import gather_objects
+from bas.distributed import gather_objects
 from bas.errors import DatasetError
 from bas.outputs import write_text_atomic
 from WSSS import datasets, metrics

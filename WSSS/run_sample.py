@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 from bas.cli import add_process_flags
-from bas.engine import finish_distributed, first_on_rank_zero, init_distributed
+from bas.distributed import finish_distributed, first_on_rank_zero, init_distributed
 from bas.errors import ArgumentError, require_positive, require_unit_interval, run_main
 from WSSS import datasets
 from WSSS.models import ARCHS

@@ -33,7 +33,7 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models import segmentation as tvs
 
-from bas.engine import load_state_dict_checked, read_checkpoint
+from bas.checkpoints import load_state_dict_checked, read_checkpoint
 from bas.errors import CheckpointError
 
 # arch -> (torchvision builder, the ImageNet weights of its backbone)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from bas.engine import gather_objects
+from bas.distributed import gather_objects
 from bas.errors import OutputError, UserError
 from bas.outputs import claim, read_marker
 

@@ -15,10 +15,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from bas.checkpoints import save_atomic
 from bas.cli import add_process_flags, add_speed_arguments
-from bas.engine import first_on_rank_zero, keyed_generator, poly_max_step, save_atomic, set_poly_lr, sgd
+from bas.distributed import first_on_rank_zero
 from bas.errors import ArgumentError, DatasetError, require_positive
+from bas.optim import poly_max_step, set_poly_lr, sgd
 from bas.outputs import check_writable, write_text_atomic
+from bas.sampling import keyed_generator
 from bas.training import LossFunction, TrainingRun, add_tensorboard_flag, epoch_line, flag_values, jsonable_args
 from WSSS.datasets import ClassificationSet, CocoInstances, Sample, TrainTransform, voc_classes, voc_samples
 from WSSS.models import ARCHS, build_model, draw_positive, multilabel_bas_loss, multilabel_soft_margin_loss
@@ -32,7 +35,7 @@ DATASETS = ("synthetic", "voc", "coco")
 SYNTHETIC_ROOT = Path("data/SyntheticVOC")
 DEFAULT_OUTPUT_DIRS = {"voc": Path("sess"), "coco": Path("sess_coco"), "synthetic": Path("sess_synthetic")}
 
-# Where the BAS net's parameters go (bas.engine.param_groups: (classifier?, weight or bias)
+# Where the BAS net's parameters go (bas.optim.param_groups: (classifier?, weight or bias)
 # -> lr multiplier; parts left out never train). The original collects names holding
 # "weight" only; IRN's CAM net gives every trainable parameter to its optimizer.
 WEIGHTS_ONLY = {(False, "weight"): 1, (True, "weight"): 10}

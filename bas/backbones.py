@@ -23,7 +23,7 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models import inception as tv_inception
 
-from bas.engine import load_torch_file
+from bas.checkpoints import load_torch_file
 from bas.errors import CheckpointError
 
 log = logging.getLogger(__name__)

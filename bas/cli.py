@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from bas.engine import JOIN_TIMEOUT_S
+from bas.distributed import JOIN_TIMEOUT_S
 
 
 def add_process_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from bas.engine import JsonLines
+from bas.logs import JsonLines
 from bas.outputs import replace_atomic
 
 # Numbers of an evaluation that are bookkeeping, not scores: drawn among the percentages

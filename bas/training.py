@@ -35,27 +35,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from bas.checkpoints import load_state_dict_checked, read_checkpoint, save_atomic
 from bas.curves import draw_curves, scalars
-from bas.engine import (
-    JOIN_TIMEOUT_S,
-    Average,
-    JsonLines,
-    SeededItems,
-    ShuffledShards,
-    autocast,
-    epoch_seed,
-    finish_distributed,
-    gather_objects,
-    init_distributed,
-    load_state_dict_checked,
-    loader_options,
-    memory_format,
-    read_checkpoint,
-    save_atomic,
-    seed_everything,
-)
+from bas.devices import autocast, memory_format
+from bas.distributed import JOIN_TIMEOUT_S, finish_distributed, gather_objects, init_distributed
 from bas.errors import ArgumentError, CheckpointError, OutputError, UserError, set_interrupt_note
+from bas.logs import Average, JsonLines
 from bas.outputs import LOCK, MARKER, check_writable, claim, hold, release
+from bas.sampling import SeededItems, ShuffledShards, epoch_seed, loader_options, seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bas.backbones import build_backbone, load_imagenet_weights
-from bas.engine import read_checkpoint
+from bas.checkpoints import read_checkpoint
 from bas.errors import CheckpointError, run_main
 from bas.outputs import claim
 from WSOL import evaluator

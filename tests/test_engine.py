@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bas.engine import JsonLines, SeededItems, ShuffledShards, param_groups, set_step_lr, sgd
 from bas.errors import UserError
+from bas.logs import JsonLines
+from bas.optim import param_groups, set_step_lr, sgd
+from bas.sampling import SeededItems, ShuffledShards
 from bas.training import TrainingRun
 
 

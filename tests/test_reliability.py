@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bas.engine import read_checkpoint, save_atomic
+from bas.checkpoints import read_checkpoint, save_atomic
 from bas.errors import ArgumentError, CheckpointError, DatasetError, OutputError
 from bas.outputs import MARKER, build_folder, claim
 from WSOL import count_pxap, evaluator

@@ -14,9 +14,9 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 from torch.utils.data import DataLoader
 
-from bas.engine import SeededItems
 from bas.errors import ArgumentError, DatasetError, OutputError
 from bas.outputs import MARKER
+from bas.sampling import SeededItems
 from WSSS import datasets, run_sample
 from WSSS.datasets import CocoInstances, MultiScaleSet, Sample
 from WSSS.models import build_model

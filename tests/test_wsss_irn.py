@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from bas import training
-from bas.engine import save_atomic
+from bas.checkpoints import save_atomic
 from bas.errors import CheckpointError, DatasetError
 from bas.outputs import read_marker
 from WSSS import run_sample

@@ -14,8 +14,8 @@ from PIL import Image
 from torch import nn
 
 from bas import training
-from bas.engine import param_groups, poly_max_step, set_poly_lr, sgd
 from bas.errors import ArgumentError, CheckpointError
+from bas.optim import param_groups, poly_max_step, set_poly_lr, sgd
 from bas.outputs import read_marker
 from WSSS import training
 from WSSS.models import build_model, load_checkpoint

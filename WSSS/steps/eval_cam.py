@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bas.engine import gather_objects
+from bas.distributed import gather_objects
 from bas.outputs import write_text_atomic
 from WSSS import datasets, metrics
 from WSSS.reports import REPORT_KIND, report_number, report_path, score_files, shown

@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bas.engine import gather_objects, read_checkpoint
+from bas.checkpoints import read_checkpoint
+from bas.distributed import gather_objects
 from bas.outputs import input_stamp
 from WSSS import datasets
 from WSSS.datasets import MultiScaleItem

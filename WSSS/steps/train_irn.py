@@ -38,9 +38,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bas.engine import loader_options, poly_max_step, save_atomic, set_poly_lr
+from bas.checkpoints import save_atomic
 from bas.errors import ArgumentError, require_positive
+from bas.optim import poly_max_step, set_poly_lr
 from bas.outputs import write_text_atomic
+from bas.sampling import loader_options
 from bas.training import TrainingRun, epoch_line, jsonable_args
 from WSSS import datasets
 from WSSS.datasets import LabelledCrop, LabelledSet, Sample, TopLeftSet

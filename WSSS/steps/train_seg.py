@@ -37,8 +37,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bas.engine import AMP_DTYPES, poly_max_step, save_atomic, set_poly_lr, sgd
+from bas.checkpoints import save_atomic
+from bas.devices import AMP_DTYPES
 from bas.errors import ArgumentError, require_positive
+from bas.optim import poly_max_step, set_poly_lr, sgd
 from bas.outputs import write_text_atomic
 from bas.training import TrainingRun, epoch_line, jsonable_args
 from WSSS import datasets
