@@ -48,10 +48,15 @@ class Generator(nn.Module):
             _conv(width, num_classes, 1),
         )
 
+    def class_map(self, features: torch.Tensor) -> torch.Tensor:
+        """Tap features F (B x Ct x 28 x 28) -> class map A (B x C x 14 x 14): the tail and
+        ``classifier_cls``, the part the AMC re-runs on erased features."""
+        return self.classifier_cls(self.tail(features))
+
     def features_and_class_map(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """B x 3 x 224 x 224 -> F (B x Ct x 28 x 28), A (B x C x 14 x 14)."""
         features = self.head(images)
-        return features, self.classifier_cls(self.tail(features))
+        return features, self.class_map(features)
 
     @staticmethod
     def _classes(score: torch.Tensor, labels: torch.Tensor | None, topk: int) -> torch.Tensor:
