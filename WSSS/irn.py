@@ -54,10 +54,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from bas.backbones import Backbone, load_imagenet_weights
-from bas.checkpoints import load_state_dict_checked, read_checkpoint
+from bas.checkpoints import load_state_dict_checked, load_torch_file, read_checkpoint
 from bas.errors import CheckpointError
 from WSSS.datasets import IGNORE
-from WSSS.models import ARCHS, IMAGENET_ARCH
+from WSSS.models import ARCHS, IMAGENET_ARCH, merge_aliases
 from WSSS.randomwalk import offsets, path
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,19 @@ def search_directions(radius: int) -> list[tuple[int, int]]:
     return sorted(half, key=lambda d: len(path(*d)))  # stable: row-major within a length
 
 
+def farthest_first(direction: tuple[int, int]) -> list[tuple[int, int]]:
+    """The path of a direction (``WSSS.randomwalk.path``, row-major), farthest pixels first."""
+    return sorted(path(*direction), key=lambda p: -abs(p[0]) - abs(p[1]))
+
+
 class PathIndex:
     """The pixel pairs of IRN's losses on an h x w map at stride 4, as flat indices into it.
 
     ``src`` (N): the source pixels, row-major; ``dst`` (D x N): the partner of each source in
     each direction ``directions[k]`` = (dy, dx); ``paths``: one LongTensor per path length L,
-    n_L x L x N, the pixels on the path of each pair (directions in the order of ``dst``).
-    ``to(device)`` moves the indices.
+    n_L x L x N, the pixels on the path of each pair (directions in the order of ``dst``; on
+    each path the farthest pixels from the source first, ties row-major: the order of the
+    ``path_indices`` IRN's files store). ``to(device)`` moves the indices.
     """
 
     def __init__(self, radius: int, size: tuple[int, int]) -> None:
@@ -98,10 +104,12 @@ class PathIndex:
 
         self.src = flat(0, 0)
         self.dst = torch.stack([flat(dy, dx) for dy, dx in self.directions])  # D x N
-        lengths = sorted({len(path(*d)) for d in self.directions})
+        by_length: dict[int, list[tuple[int, int]]] = {}  # the directions come shortest path first
+        for d in self.directions:
+            by_length.setdefault(len(path(*d)), []).append(d)
         self.paths = [
-            torch.stack([torch.stack([flat(*p) for p in path(*d)]) for d in self.directions if len(path(*d)) == n])
-            for n in lengths
+            torch.stack([torch.stack([flat(*p) for p in farthest_first(d)]) for d in group])
+            for group in by_length.values()
         ]  # per length n: n_dirs x n x N
 
     def to(self, device: torch.device | str) -> PathIndex:
@@ -324,13 +332,121 @@ def build_irn(arch: str, pretrained: str | Path | None = None) -> IRN:
     return model
 
 
+# ------------------------------------------------------------------ IRN's own file layout
+# IRN's relation net (``AffinityDisplacementLoss``, saved bare by its train_irn: the authors'
+# res50_irn.pth) names each of our tensors two or three times, as its modules are shared:
+# the ResNet50 as ``resnet50.*``, as ``stage1..5.*`` (stage1 = conv1, bn1; stage2..5 wrap
+# layer1..4) and as ``backbone.0..4.*`` (the stages again); the branches as ``fc_edge1..6.*``
+# / ``fc_dp1..7.*`` and again as ``edge_layers.*`` / ``dp_layers.*``; the displacement mean
+# as ``mean_shift.running_mean`` (also ``fc_dp7.4``, ``dp_layers.6.4``). Beside them, its
+# training pairs: ``path_indices<k>`` (PathIndex.paths) and ``disp_target``
+# (PathIndex.offset_target), which inference never reads.
+IRN_STAGES = {"conv1": "stage1.0", "bn1": "stage1.1", **{f"layer{k}": f"stage{k + 1}.0" for k in range(1, 5)}}
+IRN_BRANCHES = {
+    **{f"edge_taps.{i}": f"fc_edge{i + 1}" for i in range(5)},
+    "edge_out": "fc_edge6",
+    **{f"displacement_taps.{i}": f"fc_dp{i + 1}" for i in range(5)},
+    "displacement_merge": "fc_dp6",
+    "displacement_out": "fc_dp7",
+}
+IRN_LISTS = {"stage": "backbone", "fc_edge": "edge_layers", "fc_dp": "dp_layers"}  # <list>.i = <module>i+1
+IRN_MEAN = "mean_shift.running_mean"
+IRN_TRAINING = {"crop_size": 512, "radius": 10}  # IRN's run_sample: what its files are trained with
+
+
+def _listed(module: str) -> str:
+    """IRN's ModuleList name of a numbered module: ``stage3`` -> ``backbone.2``."""
+    stem = module.rstrip("0123456789")
+    return f"{IRN_LISTS[stem]}.{int(module[len(stem):]) - 1}"
+
+
+def irn_names(key: str) -> list[str]:
+    """The names IRN's file gives the tensor of our ResNet50 IRN's ``key``, its own first."""
+    if key == "displacement_mean":
+        return [IRN_MEAN, "fc_dp7.4.running_mean", "dp_layers.6.4.running_mean"]
+    part, _, name = key.partition(".")
+    if part in ("head", "tail"):
+        module, _, rest = name.partition(".")
+        stage, _, index = IRN_STAGES[module].partition(".")
+        return [f"resnet50.{name}", f"{stage}.{index}.{rest}", f"{_listed(stage)}.{index}.{rest}"]
+    module = next(module for module in IRN_BRANCHES if key.startswith(f"{module}."))
+    theirs, rest = IRN_BRANCHES[module], key.removeprefix(f"{module}.")
+    return [f"{theirs}.{rest}", f"{_listed(theirs)}.{rest}"]
+
+
+def irn_pair_buffers(crop_size: int, radius: int) -> dict[str, torch.Tensor]:
+    """IRN's training pairs of a square crop, as its files store them."""
+    pairs = PathIndex(radius, (crop_size // OUTPUT_STRIDE, crop_size // OUTPUT_STRIDE))
+    buffers = {f"path_indices{k}": paths for k, paths in enumerate(pairs.paths)}
+    return {**buffers, "disp_target": pairs.offset_target()}
+
+
+def to_irn_layout(model: IRN, crop_size: int, radius: int) -> dict[str, torch.Tensor]:
+    """Our ResNet50 IRN as IRN's train_irn saves its relation net, so that IRN-based code
+    loads it; every name of a tensor holds that one tensor (a file stores it once). The
+    pairs are those of ``crop_size`` and ``radius``, the IRN's training: load_irn reads them
+    back off the buffers' shapes, and IRN itself resumes training from them."""
+    if model.arch != "resnet50":
+        raise ValueError(f"a {model.arch} IRN; IRN's layout holds a ResNet50 one")
+    ours = model.state_dict()
+    named = {key: irn_names(key) for key in ours}
+    state = irn_pair_buffers(crop_size, radius)
+    for position in range(3):  # IRN's order: every tensor's own name, then the aliases
+        state.update({names[position]: ours[key] for key, names in named.items() if position < len(names)})
+    return state
+
+
+def _irn_training(state: dict[str, torch.Tensor], source: str) -> dict:
+    """The square crop and the radius an IRN file's pairs were made for, read off the shapes
+    of its buffers (D directions, N sources per direction); IRN's defaults without them."""
+    if "disp_target" not in state or "path_indices0" not in state:
+        return dict(IRN_TRAINING)
+    directions, sources = state["disp_target"].shape[2], state["path_indices0"].shape[-1]
+    radius = 2
+    while (len(offsets(radius)) - 1) // 2 < directions:  # half the offsets of |d| < radius
+        radius += 1
+    cells = 2 * radius - 1  # the smallest map with a pair inside: then one source more per row and column
+    while (cells - radius + 1) * (cells - 2 * radius + 2) < sources:
+        cells += 1
+    if (len(offsets(radius)) - 1) // 2 != directions or (cells - radius + 1) * (cells - 2 * radius + 2) != sources:
+        shapes = f"{directions} directions, {sources} sources per direction"
+        raise CheckpointError(f"{source}: IRN's training pairs, {shapes}, fit no square crop")
+    return {"crop_size": cells * OUTPUT_STRIDE, "radius": radius}
+
+
+def _from_irn_layout(state: dict[str, torch.Tensor], source: str) -> tuple[IRN, dict]:
+    """The IRN of a state dict in IRN's layout, and its training crop and radius."""
+    model = build_irn("resnet50")
+    ours = {alias: key for key in model.state_dict() for alias in irn_names(key)}
+    missing = [names[0] for names in map(irn_names, model.state_dict()) if not any(name in state for name in names)]
+    if missing:
+        count = f"{len(missing)} tensor{'s' if len(missing) > 1 else ''}"
+        raise CheckpointError(f"{source}: not IRN's relation net: {count} missing ({missing[0]})")
+    training = _irn_training(state, source)
+    weights = {k: v for k, v in state.items() if not k.startswith("path_indices") and k != "disp_target"}
+    merged = merge_aliases(weights, lambda key: ours.get(key, key), source)
+    what = "IRN's ResNet50 relation net (resnet50.*, fc_edge1..6, fc_dp1..7, mean_shift)"
+    load_state_dict_checked(model, merged, source, what)
+    return model, {"arch": "resnet50", **training}
+
+
 def load_irn(path: str | Path) -> tuple[IRN, dict]:
-    """The IRN of a weights file written by train_irn, and the file's other entries
-    (``crop_size``, ``radius``, ...). A file that does not fit raises ``CheckpointError``."""
-    checkpoint = read_checkpoint(path)
-    arch = checkpoint.get("arch")
+    """The IRN of a weights file, and the file's other entries (``arch``, ``crop_size``,
+    ``radius``, ...): one written by train_irn, or IRN's own (the authors' res50_irn.pth, a
+    bare state dict, ``module.`` keys or not), read without a second copy of its training
+    buffers. A file that does not fit raises ``CheckpointError`` naming it."""
+    contents = load_torch_file(path, "an IRN weights file", mmap=True)
+    if not isinstance(contents.get("model"), dict):
+        state = {k.removeprefix("module."): v for k, v in contents.items()}
+        if any(k.startswith(("fc_edge", "edge_layers")) for k in state):
+            return _from_irn_layout(state, str(path))
+        raise CheckpointError(
+            f"{path}: not an IRN: neither this project's (a dict with 'model' and 'arch') nor IRN's res50_irn.pth "
+            "(resnet50.*, fc_edge1..6, fc_dp1..7)"
+        )
+    arch = contents.get("arch")
     if arch not in LAYOUTS:
         raise CheckpointError(f"{path}: not an IRN of this project (arch {arch!r})")
     model = build_irn(arch)
-    load_state_dict_checked(model, checkpoint["model"], str(path), f"the {arch} IRN")
-    return model, {k: v for k, v in checkpoint.items() if k != "model"}
+    load_state_dict_checked(model, contents["model"], str(path), f"the {arch} IRN")
+    return model, {k: v for k, v in contents.items() if k != "model"}

@@ -257,14 +257,27 @@ def convert_original_state_dict(
     Aliases of one tensor must agree. Keys that match nothing are kept, so that loading
     reports them."""
     parts = {name: part for part in ("head", "tail") for name in getattr(model, part).state_dict()}
-    converted: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
+
+    def ours(key: str) -> str:
         name = _torchvision_name(key)
-        name = f"{parts[name]}.{name}" if name in parts else name
-        if name in converted and not torch.equal(converted[name], value):
+        return f"{parts[name]}.{name}" if name in parts else name
+
+    return merge_aliases(state_dict, ours, source)
+
+
+def merge_aliases(
+    state_dict: dict[str, torch.Tensor], rename: Callable[[str], str], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """``state_dict`` under the names ``rename`` gives its keys. IRN's nets save one module
+    under several names, so keys that meet under one name are copies of one tensor: they
+    must agree, or the file is refused."""
+    merged: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        name = rename(key)
+        if name in merged and not torch.equal(merged[name], value):
             raise CheckpointError(f"{source}: {key} differs from another copy of the same weights ({name})")
-        converted[name] = value
-    return converted
+        merged[name] = value
+    return merged
 
 
 def load_checkpoint(model: MultiLabelNet, checkpoint: str | Path | dict) -> dict:
