@@ -12,7 +12,7 @@ import torch
 
 from bas.cli import add_process_flags, add_speed_arguments
 from bas.devices import memory_format
-from bas.errors import ArgumentError, CheckpointError, require_positive
+from bas.errors import ArgumentError, CheckpointError, DatasetError, require_positive
 from bas.outputs import check_writable, read_marker
 from WSOL import datasets
 from WSOL.models import Generator, build_model, load_checkpoint, read_checkpoint
@@ -209,7 +209,7 @@ def load_samples(args: argparse.Namespace, split: str, images: bool = True) -> l
         default = DEFAULT_DATA_DIRS["Synthetic"]  # relative to the current folder
         at_default = os.path.abspath(args.data_dir) == os.path.abspath(default)
         if not (args.data_dir.exists() or args.make_synthetic or at_default):
-            raise datasets.DatasetError(
+            raise DatasetError(
                 f"{args.data_dir}: no such folder; the demo set is written only to {default}, "
                 "or elsewhere with --make-synthetic"
             )
@@ -226,7 +226,7 @@ def load_samples(args: argparse.Namespace, split: str, images: bool = True) -> l
         return datasets.fgvc_aircraft(args.data_dir, AIRCRAFT_TRAIN_SPLIT if split == "train" else split)
     if args.root == "ILSVRC" and split == "train":
         return datasets.class_folders(args.data_dir / "train")
-    raise datasets.DatasetError(
+    raise DatasetError(
         f"{args.root} {split}: pass --metadata <wsolevaluation metadata/{args.root}> "
         "(folders train/ val/ test/ with image_ids.txt, class_labels.txt, image_sizes.txt, localization.txt)"
     )

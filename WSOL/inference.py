@@ -16,11 +16,11 @@ from tqdm import tqdm
 
 from bas.amc import global_average
 from bas.devices import autocast, memory_format
-from bas.errors import ArgumentError
+from bas.errors import ArgumentError, DatasetError
 from bas.outputs import replace_atomic
 from bas.sampling import loader_options
 from WSOL import metrics
-from WSOL.datasets import DatasetError, ImageDataset, Sample
+from WSOL.datasets import ImageDataset, Sample
 from WSOL.models import Generator
 
 log = logging.getLogger(__name__)

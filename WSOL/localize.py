@@ -46,6 +46,7 @@ from tqdm import tqdm
 from bas.amc import global_average
 from bas.checkpoints import read_checkpoint
 from bas.cli import add_speed_arguments
+from bas.data import load_rgb
 from bas.devices import autocast, memory_format, pick_device
 from bas.errors import (
     ArgumentError,
@@ -61,7 +62,7 @@ from bas.sampling import loader_options
 from bas.viz import overlay, save_rgb
 from WSOL import metrics
 from WSOL.cli import add_model_arguments, class_names, model_for_evaluation
-from WSOL.datasets import load_rgb, test_transform
+from WSOL.datasets import test_transform
 from WSOL.inference import map_topk
 from WSOL.models import Generator
 from WSOL.presets import PRESETS

@@ -13,8 +13,8 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
+from bas.errors import DatasetError
 from WSOL import datasets
-from WSOL.datasets import DatasetError
 
 METADATA = Path("data/wsolevaluation/metadata")
 ORIGINAL_CUB = Path("data/bas-extension/WSOL/Data/CUB_200_2011")

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from scipy.io import savemat
 
+from bas.errors import DatasetError
 from WSOL import cli, datasets, evaluator
-from WSOL.datasets import DatasetError
 from WSOL.models import build_model
 from WSOL.presets import PRESETS, preset
 
