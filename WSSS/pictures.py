@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bas.data import load_rgb
 from bas.outputs import claim
 from bas.viz import save_rgb, strip
 from WSSS import datasets
@@ -79,7 +80,7 @@ def save_strips(args: argparse.Namespace, variants: dict[str, argparse.Namespace
         scaled = datasets.MultiScaleSet(samples, [1.0])
         threshold = scored_threshold(flags)  # the variant's report, read once
         for index, sample in enumerate(samples):
-            image = np.asarray(datasets.load_rgb(sample.path))
+            image = np.asarray(load_rgb(sample.path))
             panels = [("image", image)]
             seed = seed_path(flags.cam_out_dir, sample.image_id)
             if seed.is_file():

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bas.data import load_rgb
 from bas.errors import CheckpointError, require_positive
 from WSSS import datasets
 from WSSS.crf import crf_refine
@@ -101,7 +102,7 @@ def predict_folder(
     for index, item in each_item(images, mine, workers, "eval_seg", progress, pin_memory=cuda):
         probs = predict(model, item.images, item.size)  # C x H x W
         if crf_scale is not None:
-            image = np.asarray(datasets.load_rgb(images.samples[index].path))  # H x W x 3
+            image = np.asarray(load_rgb(images.samples[index].path))  # H x W x 3
             labels = crf_refine(image, probs.cpu().numpy(), crf_scale).argmax(0)
         else:
             labels = probs.argmax(0).cpu().numpy()
