@@ -70,26 +70,43 @@ def timed(run, steps: int, warmup: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def train_speed(arch: str, dtype: str, deepcopy: bool, args: argparse.Namespace) -> tuple[float, float]:
-    """(images/s, peak MiB) of training steps; run in a fresh process."""
+def training(arch: str, dtype: str, args: argparse.Namespace):
+    """(model, optimizer, loss of one batch) for training ``arch`` on ``args.device``; the
+    weights and the batch are drawn on the CPU, so that every device starts from the same."""
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = build_model(arch, args.num_classes).to(device).train()
+    model = build_model(arch, args.num_classes).train().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    images = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    labels = torch.randint(0, args.num_classes, (args.batch,), device=device)
+    images = torch.randn(args.batch, 3, args.size, args.size).to(device)
+    labels = torch.randint(0, args.num_classes, (args.batch,)).to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+
+    def loss() -> torch.Tensor:
+        with autocast:
+            return bas_loss(model(images, labels), labels, alpha=0.5, beta=1.5)[0]
+
+    return model, optimizer, loss
+
+
+def first_loss(arch: str, dtype: str, args: argparse.Namespace) -> float:
+    """The loss of the first training batch, before any step: what the devices must agree on."""
+    return training(arch, dtype, args)[2]().item()
+
+
+def train_speed(arch: str, dtype: str, deepcopy: bool, args: argparse.Namespace) -> tuple[float, float, float]:
+    """(images/s, peak MiB, the first batch's loss) of training steps; run in a fresh process."""
+    device = torch.device(args.device)
+    _, optimizer, loss = training(arch, dtype, args)
+    first = loss().item()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss, _ = bas_loss(model(images, labels), labels, alpha=0.5, beta=1.5)
-        loss.backward()
+        loss().backward()
         optimizer.step()
 
     with mock.patch.object(amc, "frozen_call", deepcopy_call) if deepcopy else nullcontext():
         seconds = timed(step, args.steps, args.warmup, device)
-    return args.batch / seconds, peak_mib(device)
+    return args.batch / seconds, peak_mib(device), first
 
 
 @torch.inference_mode()
@@ -200,10 +217,10 @@ def main() -> None:
         print(header + (f" {'deepcopy img/s':>15} {'speed-up':>8}" if args.deepcopy else ""))
         for arch in args.arch:
             for dtype in args.dtype:
-                speed, peak = isolated(train_speed, arch, dtype, False, args)
+                speed, peak, _ = isolated(train_speed, arch, dtype, False, args)
                 line = f"{arch + ' ' + dtype:<22} {speed:9.2f} {peak:14.0f}"
                 if args.deepcopy:
-                    original, _ = isolated(train_speed, arch, dtype, True, args)
+                    original, _, _ = isolated(train_speed, arch, dtype, True, args)
                     line += f" {original:15.2f} {speed / original:7.2f}x"
                 print(line, flush=True)
         print()
