@@ -1,7 +1,8 @@
-"""One training run, as every training script of the project runs it (WSOL/train.py,
-WSSS/train_bas.py): processes, data order, the model's placement, resume, one epoch of
-optimization, and the bookkeeping after each epoch. The scripts keep only what is
-theirs (data, model, loss, schedule, evaluation) and read top to bottom::
+"""One training run, as every trainer of the project runs it (WSOL/train.py, WSSS/training.py
+for the seed nets, the WSSS stages train_irn and train_seg): processes, data order, the
+model's placement, resume, one epoch of optimization, the learning rate per step, the
+bookkeeping after each epoch and the finished net. The trainers keep only what is theirs
+(data, model, loss, schedule, evaluation) and read top to bottom::
 
     run = TrainingRun(args.output_dir, RUN_KIND, args.batch_size, args.seed, args.device, args.local_rank)
     loader = run.loader(dataset, args.workers)
@@ -10,10 +11,10 @@ theirs (data, model, loss, schedule, evaluation) and read top to bottom::
     start_epoch = run.resume(model, optimizer, scaler)["epoch"] if args.resume else 0
     trained = run.distribute(model)
     for epoch in run.epochs(start_epoch, args.epochs):
-        lr = set_step_lr(optimizer, args.lr, epoch, args.decay_epoch)  # or per step: before_step
+        lr = set_step_lr(optimizer, args.lr, epoch, args.decay_epoch)  # or per step: PolySchedule
         stats = run.train_one_epoch(trained, loader, optimizer, scaler, compute_loss, epoch, args.epochs)
         run.save(model, optimizer, scaler, epoch + 1, {"epoch": epoch + 1, "lr": lr, "train": stats})
-    run.close()
+    run.finish(jsonable_args(args), weights, {"model": model.state_dict(), ...})  # and close
 
 A resumed run repeats an uninterrupted one exactly: every epoch reseeds the generators
 from (seed, epoch, rank), and the data order and each image's augmentation depend on
@@ -24,6 +25,7 @@ generator state: the model, optimizer, scaler and epoch are the whole state.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -41,7 +43,8 @@ from bas.devices import autocast, memory_format
 from bas.distributed import JOIN_TIMEOUT_S, finish_distributed, gather_objects, init_distributed
 from bas.errors import ArgumentError, CheckpointError, OutputError, UserError, set_interrupt_note
 from bas.logs import Average, JsonLines
-from bas.outputs import LOCK, MARKER, check_writable, claim, hold, release
+from bas.optim import set_poly_lr
+from bas.outputs import LOCK, MARKER, check_writable, claim, hold, release, write_text_atomic
 from bas.sampling import SeededItems, ShuffledShards, epoch_seed, loader_options, seed_everything
 
 log = logging.getLogger(__name__)
@@ -143,19 +146,30 @@ class TrainingRun:
         )
 
     # ------------------------------------------------------------------------ set-up
-    def loader(self, dataset: Dataset, workers: int, drop_last: bool = False) -> DataLoader:
+    def loader(
+        self, dataset: Dataset, workers: int, drop_last: bool = False, batch_flag: str = "--batch-size"
+    ) -> DataLoader:
         """This process's share of ``dataset`` in per-process batches, reshuffled each epoch
         (``epochs`` sets the epoch). ``dataset[i]`` may draw random augmentations from
         torch's generator: each sample's draw depends on (seed, epoch, index) only, whatever
-        the number of loader workers. ``drop_last`` drops a last incomplete batch."""
+        the number of loader workers. ``drop_last`` drops a last incomplete batch; when that
+        leaves no batch at all, the run stops, naming ``batch_flag``, the caller's flag of
+        the global batch size."""
         self.sampler = ShuffledShards(len(dataset), self.rank, self.world, self.seed)
-        return DataLoader(
+        loader = DataLoader(
             SeededItems(dataset),
             batch_size=self.batch_size,
             sampler=self.sampler,
             drop_last=drop_last,
             **loader_options(workers, self.device),
         )
+        if len(loader) == 0:
+            self.close()
+            processes = f" over {self.world} processes" if self.world > 1 else ""
+            raise ArgumentError(
+                f"{batch_flag} {self.batch_size * self.world}: no full batch in {len(dataset)} images{processes}"
+            )
+        return loader
 
     def place(self, model: nn.Module, sync_bn: bool = False, channels_last: bool = False) -> nn.Module:
         """``model`` on this process's device (NHWC when asked); under several processes
@@ -306,6 +320,19 @@ class TrainingRun:
                 self._board.add_scalar(name, value, epoch)
             self._board.flush()
 
+    def finish(self, args_record: dict, weights: Path | None = None, net: dict | None = None) -> None:
+        """The end of the run: rank 0 claims the folder (a run resumed when already finished
+        trains nothing, but still writes its results), saves ``net`` (the finished net's file:
+        its state dict and what a reader needs to rebuild it) atomically at ``weights`` when
+        given, and writes ``args_record`` to ``<prefix>args.json``; then ``close``."""
+        if self.main:
+            self.claim()
+            if weights is not None:
+                save_atomic(net, weights)
+            text = json.dumps(args_record, indent=2, default=str) + "\n"
+            write_text_atomic(self.output_dir / f"{self.prefix}args.json", text)
+        self.close()
+
     def close(self) -> None:
         """Wait for the other processes, so that what rank 0 wrote last is there for all
         (a pipeline's next stage reads it), and leave the process group if this run joined it."""
@@ -318,6 +345,30 @@ class TrainingRun:
             release(self.output_dir)
         if self._joined_here:
             finish_distributed()
+
+
+class PolySchedule:
+    """The poly learning rate of the WSSS nets' original optimizers, set before every step:
+    base_lr x (1 - step / max_step) ** power at the run's step ``step`` (``set_poly_lr``),
+    the steps counted over the epochs of ``steps_per_epoch`` steps. Computed from the
+    epoch and step alone, so a resumed run gets the same rates."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, base_lr: float, max_step: int, power: float, steps_per_epoch: int
+    ) -> None:
+        self.optimizer, self.base_lr, self.max_step, self.power = optimizer, base_lr, max_step, power
+        self.steps_per_epoch = steps_per_epoch
+        self.lr = base_lr  # the base group's rate of the last step
+
+    def before_step(self, epoch: int) -> Callable[[int], float]:
+        """``train_one_epoch``'s ``before_step`` for ``epoch``: sets the rate of its step
+        ``step`` (counted from 0 in the epoch)."""
+        first_step = epoch * self.steps_per_epoch
+        return lambda step: self._set(first_step + step)
+
+    def _set(self, step: int) -> float:
+        self.lr = set_poly_lr(self.optimizer, self.base_lr, step, self.max_step, self.power)
+        return self.lr
 
 
 def summary_writer_class() -> type:

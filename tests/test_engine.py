@@ -11,7 +11,7 @@ from bas.errors import UserError
 from bas.logs import JsonLines
 from bas.optim import param_groups, set_step_lr, sgd
 from bas.sampling import SeededItems, ShuffledShards
-from bas.training import TrainingRun
+from bas.training import PolySchedule, TrainingRun
 
 
 class RandomDraws(Dataset):
@@ -86,6 +86,25 @@ def test_learning_rate_groups_and_steps():
     optimizer = sgd(model, 0.1)
     assert set_step_lr(optimizer, 0.1, epoch=5, decay_epoch=3) == pytest.approx(0.01)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.02, 0.1, 0.2])
+
+
+def test_the_poly_schedule_counts_the_steps_over_the_epochs():
+    """Epoch 1's step 2 of 3-step epochs is the run's step 5: lr x (1 - 5 / 10) ** 1, each
+    group at its multiple; past max_step the rate stays at step max_step - 1's."""
+    weights = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    optimizer = torch.optim.SGD(
+        [{"params": [weights[0]], "lr_multiplier": 1}, {"params": [weights[1]], "lr_multiplier": 10}], lr=1.0
+    )
+    schedule = PolySchedule(optimizer, base_lr=1.0, max_step=10, power=1.0, steps_per_epoch=3)
+    assert schedule.before_step(1)(2) == 0.5 and schedule.lr == 0.5
+    assert [group["lr"] for group in optimizer.param_groups] == [0.5, 5.0]
+    schedule.before_step(0)(0)
+    assert schedule.lr == 1.0
+    schedule.before_step(3)(2)  # the run's step 11
+    assert schedule.lr == pytest.approx(0.1) and optimizer.param_groups[1]["lr"] == pytest.approx(1.0)
+    before_epoch_two = schedule.before_step(2)  # its rates do not depend on when it was made
+    schedule.before_step(0)(1)
+    assert before_epoch_two(1) == pytest.approx(1 - 7 / 10)
 
 
 def test_log_lines_survive_a_crash_while_writing(tmp_path, monkeypatch):

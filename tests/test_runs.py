@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from bas import outputs
-from bas.errors import OutputError, UserError, run_main, set_interrupt_note
-from bas.outputs import LOCK, check_writable, claim, hold, release
+from bas.errors import ArgumentError, OutputError, UserError, run_main, set_interrupt_note
+from bas.outputs import LOCK, check_writable, claim, hold, read_marker, release
 from bas.training import TrainingRun
 from WSOL import train as train_script
 from WSOL.synthetic import make_synthetic
@@ -163,6 +163,34 @@ def test_an_output_folder_that_cannot_be_written_stops_before_any_work(tmp_path,
     with pytest.raises(OutputError, match=r"read-only cannot be written"):
         check_writable(read_only, "k")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "read-only"]  # nothing made, no demo set
+
+
+def test_a_loader_without_a_full_batch_stops_naming_the_batch_flag(tmp_path):
+    run = TrainingRun(tmp_path / "run", "test-run", 4, 0, "cpu", prefix="irn_")
+    with pytest.raises(ArgumentError, match=r"^--irn_batch_size 4: no full batch in 3 images$"):
+        run.loader(list(range(3)), 0, drop_last=True, batch_flag="--irn_batch_size")
+    TrainingRun(tmp_path / "run", "test-run", 4, 0, "cpu", prefix="irn_").close()  # the folder was let go
+    run = TrainingRun(tmp_path / "run", "test-run", 4, 0, "cpu", prefix="irn_")
+    assert len(run.loader(list(range(3)), 0)) == 1  # the last incomplete batch, kept
+    run.close()
+
+
+# ------------------------------------------------------------------- the end
+def test_finish_writes_the_net_and_the_flags_and_claims_the_folder(tmp_path):
+    """Rank 0 writes the finished net and <prefix>args.json (values JSON cannot hold as
+    their text) even when the run trained nothing, and lets the folder go."""
+    folder = tmp_path / "run"
+    run = TrainingRun(folder, "test-run", 1, 0, "cpu", prefix="irn_", resume=True)
+    run.finish({"list": Path("a/b.txt"), "epochs": 3}, folder / "irn.pth", {"model": {}, "epoch": 3})
+    assert torch.load(folder / "irn.pth", weights_only=True) == {"model": {}, "epoch": 3}
+    assert (folder / "irn_args.json").read_text() == '{\n  "list": "a/b.txt",\n  "epochs": 3\n}\n'
+    assert read_marker(folder)["kind"] == "test-run"
+    assert not list(folder.glob(LOCK + "*"))
+    run = TrainingRun(folder, "test-run", 1, 0, "cpu", prefix="bas_")
+    run.finish({"seed": 0})  # the flags only: a run whose nets were saved as they came
+    assert sorted(p.name for p in folder.iterdir() if p.name != outputs.MARKER) == [
+        "bas_args.json", "irn.pth", "irn_args.json"
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------------- interrupts
