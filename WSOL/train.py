@@ -14,7 +14,6 @@ same result as an uninterrupted run. --tensorboard logs the same numbers to
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -198,10 +197,11 @@ def train(args: argparse.Namespace) -> dict:
         run.save(model, optimizer, scaler, epoch + 1, record, best=best, settings=settings, args=jsonable_args(args))
         log.info("%s", wsol_epoch_line(record))
 
+    # ============ the end ============
     if run.main:
         write_summary(args, run.history.records())
         log.info("%s", best_checkpoint_line(args.output_dir / "best_loc.pth"))
-    run.close()
+    run.finish(jsonable_args(args))  # args.json; the nets are the best checkpoints, saved as they came
     return summary
 
 
@@ -268,7 +268,6 @@ def write_summary(args: argparse.Namespace, records: list[dict]) -> None:
             f"{record['epoch']:>5} " + " ".join(f"{t[key]:9.2f}" for _, key in columns) + f" {t['threshold']:5g}"
         )
     write_text_atomic(args.output_dir / "summary.txt", "\n".join(lines) + "\n")
-    write_text_atomic(args.output_dir / "args.json", json.dumps(jsonable_args(args), indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,26 +3,34 @@ and IRN's CAM net. Here are their flags, the defaults per dataset and method (``
 and the run; train_bas.py and train_cam.py are its command lines (train_bas.py's docstring
 gives the defaults and the original's quirks kept), and the pipeline's stages train_bas and
 train_cam run it (``run_stage``). The later nets (stages train_irn, train_seg) train into
-the same folders, so their runs share ``RUN_KIND``.
+the same folders, so their runs share ``RUN_KIND`` and the stages' plumbing here: weights
+that exist are used (``trained_weights``), a run in their folder (``stage_run``), its flags
+recorded beside them (``stage_args``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bas.checkpoints import save_atomic
 from bas.cli import add_process_flags, add_speed_arguments
 from bas.distributed import first_on_rank_zero
 from bas.errors import ArgumentError, DatasetError, require_positive
-from bas.optim import poly_max_step, set_poly_lr, sgd
-from bas.outputs import check_writable, write_text_atomic
+from bas.optim import poly_max_step, sgd
+from bas.outputs import check_writable
 from bas.sampling import keyed_generator
-from bas.training import LossFunction, TrainingRun, add_tensorboard_flag, epoch_line, flag_values, jsonable_args
+from bas.training import (
+    LossFunction,
+    PolySchedule,
+    TrainingRun,
+    add_tensorboard_flag,
+    epoch_line,
+    flag_values,
+    jsonable_args,
+)
 from WSSS.datasets import ClassificationSet, CocoInstances, Sample, TrainTransform, voc_classes, voc_samples
 from WSSS.models import ARCHS, build_model, draw_positive, multilabel_bas_loss, multilabel_soft_margin_loss
 from WSSS.synthetic import ensure_synthetic_voc
@@ -287,12 +295,6 @@ def loss_function(args: argparse.Namespace, epoch: int, rank: int) -> LossFuncti
     return compute_loss
 
 
-def poly_schedule(optimizer, args: argparse.Namespace, max_step: int, first_step: int):
-    """Sets the poly lr of the epoch's step ``step`` (counted from 0), the run's step
-    ``first_step + step``: the original's poly optimizer, which updates before every step."""
-    return lambda step: set_poly_lr(optimizer, args.lr, first_step + step, max_step, args.poly_power)
-
-
 # What a resumed run must share with the run it continues, or it would not repeat it.
 RESUME_KEYS = ("method", "arch", "dataset", "epochs", "batch_size", "lr", "poly_steps_factor", "poly_power", "seed")
 
@@ -332,11 +334,6 @@ def train(args: argparse.Namespace) -> dict:
     transform = TrainTransform(args.crop_size, resize_long=resize_long, resize_square=args.resize_square)
     train_set = ClassificationSet(samples, transform)
     loader = run.loader(train_set, args.workers, drop_last=True)  # as the original: full batches only
-    if len(loader) == 0:
-        run.close()
-        raise ArgumentError(
-            f"--batch-size {args.batch_size}: no full batch in {len(train_set)} images over {run.world} processes"
-        )
     log.info("%d training images, %d classes, %d steps an epoch", len(train_set), len(classes), len(loader))
 
     # ============ model ============
@@ -348,6 +345,7 @@ def train(args: argparse.Namespace) -> dict:
     optimizer = sgd(model, args.lr, args.weight_decay, args.momentum, nesterov=False, multipliers=multipliers)
     scaler = run.scaler(args.amp)
     max_step = poly_max_step(len(train_set), args.batch_size, args.epochs, args.poly_steps_factor)
+    schedule = PolySchedule(optimizer, args.lr, max_step, args.poly_power, len(loader))  # the original's, every step
 
     # ============ resume ============
     settings = flag_values(args, RESUME_KEYS)  # saved with every checkpoint, checked on resume
@@ -359,60 +357,94 @@ def train(args: argparse.Namespace) -> dict:
     # ============ training loop ============
     record = {}
     for epoch in run.epochs(start_epoch, args.epochs):
-        schedule = poly_schedule(optimizer, args, max_step, first_step=epoch * len(loader))
         compute_loss = loss_function(args, epoch, run.rank)
         stats = run.train_one_epoch(
-            trained, loader, optimizer, scaler, compute_loss, epoch, args.epochs, args.amp, args.channels_last, schedule
-        )
-        lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_multiplier"]  # the epoch's last step's
-        record = {"epoch": epoch + 1, "lr": lr, "train": stats}
+            trained, loader, optimizer, scaler, compute_loss, epoch, args.epochs, args.amp, args.channels_last,
+            schedule.before_step(epoch),
+        )  # fmt: skip
+        record = {"epoch": epoch + 1, "lr": schedule.lr, "train": stats}  # the lr of the epoch's last step
         run.save(model, optimizer, scaler, epoch + 1, record, settings=settings, args=jsonable_args(args))
         log.info("%s", epoch_line(record))
 
     # ============ the finished net ============
     weights = args.output_dir / args.weights_name
-    if run.main:
-        run.claim()  # a run resumed when already finished trains nothing, but writes its weights
-        info = {"method": args.method, "arch": args.arch, "num_classes": len(classes), "classes": list(classes)}
-        save_atomic({"model": model.state_dict(), "epoch": args.epochs, **info, "dataset": args.dataset}, weights)
-        write_text_atomic(args.output_dir / f"{prefix}args.json", json.dumps(jsonable_args(args), indent=2) + "\n")
-        log.info("the %s net: %s", args.method, weights)
-    run.close()
+    info = {"method": args.method, "arch": args.arch, "num_classes": len(classes), "classes": list(classes)}
+    net = {"model": model.state_dict(), "epoch": args.epochs, **info, "dataset": args.dataset}
+    run.finish(jsonable_args(args), weights, net)
+    log.info("the %s net: %s", args.method, weights)
     return {**record, "weights": weights}
+
+
+# run_sample.py's flags the seed nets train with, by their names in ``get_args_parser``;
+# IRN's --<method>_* flags (``{}`` the method) count where the pipeline's flags have them.
+PIPELINE_FLAGS = {
+    "voc12_root": "voc12_root",
+    "coco_root": "coco_root",
+    "train_list": "train_list",
+    "arch": "arch",
+    "device": "device",
+    "seed": "seed",
+    "local_rank": "local_rank",
+    "num_workers": "workers",
+    "no_progress": "no_progress",
+    "{}_batch_size": "batch_size",
+    "{}_num_epoches": "epochs",
+    "{}_learning_rate": "lr",
+    "{}_weight_decay": "weight_decay",
+    "{}_crop_size": "crop_size",
+}
 
 
 def run_stage(args: argparse.Namespace, method: str) -> Path:
     """A pipeline stage (run_sample.py's train_bas, train_cam): the weights named by
     ``args.<method>_weights_name``, trained here unless the file exists (the user's, or
     this stage's earlier result; for IRN's naming, ``<name>.pth`` counts too). The net is
-    trained as this script trains it, into the folder of that file, resuming where an
-    interrupted stage stopped; IRN's flags ``--<method>_batch_size``, ``_num_epoches``,
-    ``_learning_rate``, ``_weight_decay``, ``_crop_size`` apply where run_sample.py has them.
+    trained as train_bas.py trains it, into the folder of that file, resuming where an
+    interrupted stage stopped, with the pipeline's flags (``PIPELINE_FLAGS``) where given.
     """
     weights = Path(getattr(args, f"{method}_weights_name"))
-    for path in (weights, Path(f"{weights}.pth")):
+    existing = trained_weights(f"train_{method}", weights, Path(f"{weights}.pth"))
+    if existing is not None:
+        return existing
+    flags = get_args_parser().parse_args([])  # every flag at its default
+    for name, ours in PIPELINE_FLAGS.items():
+        value = getattr(args, name.format(method), None)
+        if value is not None:
+            setattr(flags, ours, value)
+    flags.method, flags.output_dir, flags.weights_name, flags.resume = method, weights.parent, weights.name, True
+    flags.dataset = getattr(args, "dataset", None) or "voc"
+    for root in ("voc12_root", "coco_root"):
+        if getattr(flags, root) is not None:
+            setattr(flags, root, Path(getattr(flags, root)))
+    if flags.dataset == "synthetic" and flags.voc12_root is not None:  # the pipeline reads its VOC2012 folder;
+        flags.voc12_root = flags.voc12_root.parent  # training wants the folder the set was written into
+    return train(flags)["weights"]
+
+
+def trained_weights(stage: str, *candidates: Path) -> Path | None:
+    """The first of a stage's ``candidates`` (the places of its net's weights) that exists:
+    then the stage has nothing to train."""
+    for path in candidates:
         if path.is_file():
-            log.info("train_%s: %s exists, nothing to train (remove it to train again)", method, path)
+            log.info("%s: %s exists, nothing to train (remove it to train again)", stage, path)
             return path
-    dataset = getattr(args, "dataset", None) or "voc"
-    argv = ["--method", method, "--output-dir", str(weights.parent), "--weights-name", weights.name, "--resume"]
-    argv += ["--dataset", dataset, "--workers", str(args.num_workers)]
-    voc12_root = getattr(args, "voc12_root", None)
-    if dataset == "synthetic" and voc12_root is not None:  # the pipeline reads its VOC2012 folder; train_bas wants
-        voc12_root = Path(voc12_root).parent  # the folder the set was written into
-    given = {
-        "--voc12-root": voc12_root,
-        "--coco-root": getattr(args, "coco_root", None),
-        "--train-list": getattr(args, "train_list", None),
-        "--arch": getattr(args, "arch", None),
-        "--device": getattr(args, "device", None),
-        "--seed": getattr(args, "seed", None),
-        "--local-rank": getattr(args, "local_rank", None),
-    }
-    irn = {"batch_size": "--batch-size", "num_epoches": "--epochs", "learning_rate": "--lr"}
-    irn.update(weight_decay="--weight-decay", crop_size="--crop-size")
-    given.update({flag: getattr(args, f"{method}_{name}", None) for name, flag in irn.items()})
-    argv += [str(item) for flag, value in given.items() if value is not None for item in (flag, value)]
-    if getattr(args, "no_progress", False):
-        argv.append("--no-progress")
-    return train(get_args_parser().parse_args(argv))["weights"]
+    return None
+
+
+def stage_run(weights: Path, setup: dict, args: argparse.Namespace) -> TrainingRun:
+    """The training run of a later pipeline stage's net (train_irn, train_seg): in the
+    folder of its ``weights``, its files named after them (``<stem>_last.pth``, beside
+    other nets and other variants of the same net), always resumed: a stage finishes what
+    an interrupted one began. ``setup``: the stage's settings (``batch_size``, ``seed``)."""
+    prefix = f"{weights.stem}_"
+    progress = not args.no_progress
+    return TrainingRun(
+        weights.parent, RUN_KIND, setup["batch_size"], setup["seed"], args.device, args.local_rank, prefix, progress,
+        resume=True,
+    )  # fmt: skip
+
+
+def stage_args(args: argparse.Namespace, setup: dict) -> dict:
+    """What a later stage's net records of its run in ``<stem>_args.json``: the pipeline's
+    flags and the stage's settings."""
+    return {**jsonable_args(args), "settings": setup}

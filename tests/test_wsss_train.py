@@ -268,6 +268,25 @@ def test_stages_train_once_then_use_the_weights(voc, tmp_path):
     assert train_cam_stage.run(argparse.Namespace(cam_weights_name=str(irn))) == Path(f"{irn}.pth")
 
 
+def test_a_stage_trains_with_the_pipelines_flags_as_the_command_line_gives_them(tmp_path, monkeypatch):
+    """run_sample.py's flags (and IRN's --cam_* ones) reach the trainer as train_bas.py's
+    parser gives them, the rest at its defaults; on the synthetic set, --voc12_root is the
+    folder the set was written into."""
+    seen = {}
+    monkeypatch.setattr(training, "train", lambda flags: seen.update(vars(flags)) or {"weights": Path("w")})
+    args = argparse.Namespace(
+        dataset="synthetic", voc12_root=str(tmp_path / "SyntheticVOC" / "VOC2012"), coco_root=None, train_list="train",
+        arch="tiny", device=torch.device("cpu"), seed=3, local_rank=None, num_workers=0, no_progress=True,
+        cam_weights_name=str(tmp_path / "sess" / "cam.pth"), cam_num_epoches=2, cam_learning_rate=0.5,
+    )  # fmt: skip
+    assert training.run_stage(args, "cam") == Path("w")
+    command_line = ["--method", "cam", "--output-dir", str(tmp_path / "sess"), "--weights-name", "cam.pth", "--resume"]
+    command_line += ["--dataset", "synthetic", "--voc12_root", str(tmp_path / "SyntheticVOC"), "--train_list", "train"]
+    command_line += ["--workers", "0", "--arch", "tiny", "--seed", "3", "--epochs", "2", "--lr", "0.5", "--no-progress"]
+    expected = vars(training.get_args_parser().parse_args(command_line))
+    assert {**seen, "device": str(seen["device"])} == {**expected, "device": "cpu"}
+
+
 def _torchrun(script: Path, *arguments: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
     return subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=600)

@@ -30,7 +30,6 @@ the pair count of the global batch, as IRN's single process did (the logged term
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +37,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bas.checkpoints import save_atomic
 from bas.errors import ArgumentError, require_positive
-from bas.optim import poly_max_step, set_poly_lr
-from bas.outputs import write_text_atomic
+from bas.optim import poly_max_step
 from bas.sampling import loader_options
-from bas.training import TrainingRun, epoch_line, jsonable_args
+from bas.training import PolySchedule, epoch_line
 from WSSS import datasets
 from WSSS.datasets import LabelledCrop, LabelledSet, Sample, TopLeftSet
 from WSSS.irn import IRN, LAYOUTS, PathIndex, build_irn, irn_loss
-from WSSS.training import RUN_KIND
+from WSSS.training import stage_args, stage_run, trained_weights
 
 log = logging.getLogger(__name__)
 
@@ -178,31 +175,12 @@ def global_mean(counts: torch.Tensor) -> torch.Tensor:
 def run(args: argparse.Namespace) -> Path:
     """The path of the trained IRN, trained first when absent."""
     weights = Path(args.irn_weights_name)
-    if weights.is_file():
-        log.info("train_irn: %s exists, nothing to train (remove it to train again)", weights)
+    if trained_weights("train_irn", weights):
         return weights
     setup = settings(args)
-    progress = not args.no_progress
-    prefix = f"{weights.stem}_"  # beside other nets, and other IRNs (run_sample trains one per seed variant)
-    run = TrainingRun(
-        weights.parent,
-        RUN_KIND,
-        setup["batch_size"],
-        setup["seed"],
-        args.device,
-        args.local_rank,
-        prefix,
-        progress,
-        resume=True,
-    )
-    log.info(
-        "training IRN (%s) on %s (%s x %d), weights to %s",
-        setup["arch"],
-        getattr(args, "coco_root", None) or args.voc12_root,
-        run.device,
-        run.world,
-        weights,
-    )
+    run = stage_run(weights, setup, args)  # one per seed variant: run_sample trains one IRN for each
+    root = getattr(args, "coco_root", None) or args.voc12_root
+    log.info("training IRN (%s) on %s (%s x %d), weights to %s", setup["arch"], root, run.device, run.world, weights)
 
     # ============ data ============
     data = datasets.pipeline_data(args)
@@ -212,24 +190,22 @@ def run(args: argparse.Namespace) -> Path:
     transform = LabelledCrop(crop, IRN_SCALES, label_stride=4)
     made_by = "make them first (stage cam_to_ir_label) or point --ir_label_out_dir at them"
     train_set = LabelledSet(samples, args.ir_label_out_dir, len(classes), transform, made_by)
-    loader = run.loader(train_set, args.num_workers, drop_last=True)  # as IRN: full batches only
-    if len(loader) == 0:
-        run.close()
-        raise ArgumentError(f"--irn_batch_size {setup['batch_size']}: no full batch in {len(train_set)} images")
+    loader = run.loader(train_set, args.num_workers, drop_last=True, batch_flag="--irn_batch_size")  # as IRN
     pairs = PathIndex(setup["radius"], (crop // 4, crop // 4)).to(run.device)
     log.info("%d images, %d pair directions, %d steps an epoch", len(train_set), len(pairs.directions), len(loader))
 
-    # ============ model, optimizer ============
+    # ============ model, optimizer, schedule ============
     model = run.place(build_irn(setup["arch"], setup["pretrained"]))
     edge, displacement = model.branch_parameters()
-    lr, wd = setup["learning_rate"], setup["weight_decay"]
+    lr, epochs = setup["learning_rate"], setup["num_epoches"]
     groups = [
         {"params": edge, "lr": lr, "lr_multiplier": 1},
         {"params": displacement, "lr": 10 * lr, "lr_multiplier": 10},
     ]
-    optimizer = torch.optim.SGD(groups, lr=lr, momentum=setup["momentum"], weight_decay=wd)
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=setup["momentum"], weight_decay=setup["weight_decay"])
     scaler = run.scaler(None)
-    max_step = poly_max_step(len(train_set), setup["batch_size"], setup["num_epoches"])
+    max_step = poly_max_step(len(train_set), setup["batch_size"], epochs)
+    schedule = PolySchedule(optimizer, lr, max_step, POLY_POWER, len(loader))  # IRN's, before each step
 
     # ============ resume (always: a stage finishes what an interrupted one began) ============
     resumed = run.resume(model, optimizer, scaler, settings=setup)
@@ -240,28 +216,20 @@ def run(args: argparse.Namespace) -> Path:
         return irn_loss(edge_logits, disp, ir_label, pairs, global_mean)
 
     # ============ training loop ============
-    epochs = setup["num_epoches"]
     for epoch in run.epochs(resumed["epoch"], epochs):
-
-        def schedule(step: int, first_step: int = epoch * len(loader)) -> float:  # IRN's poly lr, before each step
-            return set_poly_lr(optimizer, lr, first_step + step, max_step, POLY_POWER)
-
         stats = run.train_one_epoch(
-            trained, loader, optimizer, scaler, compute_loss, epoch, epochs, before_step=schedule
+            trained, loader, optimizer, scaler, compute_loss, epoch, epochs, before_step=schedule.before_step(epoch)
         )
-        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train": stats}
+        record = {"epoch": epoch + 1, "lr": schedule.lr, "train": stats}
         run.save(model, optimizer, scaler, epoch + 1, record, settings=setup)
         log.info("%s", epoch_line(record))
 
     # ============ the mean shift, the finished net ============
     if run.main:
-        run.claim()  # a run resumed when already finished trains nothing, but writes its weights
+        progress = not args.no_progress
         mean = displacement_mean(model, mean_samples, crop, setup["batch_size"], args.num_workers, progress)
         model.displacement_mean.copy_(mean)
-        info = {"arch": setup["arch"], "crop_size": crop, "radius": setup["radius"], "epoch": epochs}
-        save_atomic({"model": model.state_dict(), **info, "dataset": args.dataset}, weights)
-        record = {**jsonable_args(args), "settings": setup}
-        write_text_atomic(weights.parent / f"{prefix}args.json", json.dumps(record, indent=2, default=str) + "\n")
-        log.info("IRN: %s (displacement mean %.3f, %.3f)", weights, *mean.tolist())
-    run.close()
+    info = {"arch": setup["arch"], "crop_size": crop, "radius": setup["radius"], "epoch": epochs}
+    run.finish(stage_args(args, setup), weights, {"model": model.state_dict(), **info, "dataset": args.dataset})
+    log.info("IRN: %s (displacement mean %.3f, %.3f)", weights, *model.displacement_mean.tolist())
     return weights

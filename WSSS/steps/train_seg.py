@@ -28,7 +28,6 @@ settings, and why, are in PRESETS. The weights file is ``{"model", "arch", "num_
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -37,16 +36,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bas.checkpoints import save_atomic
 from bas.devices import AMP_DTYPES
 from bas.errors import ArgumentError, require_positive
-from bas.optim import poly_max_step, set_poly_lr, sgd
-from bas.outputs import write_text_atomic
-from bas.training import TrainingRun, epoch_line, jsonable_args
+from bas.optim import poly_max_step, sgd
+from bas.training import PolySchedule, epoch_line
 from WSSS import datasets
 from WSSS.datasets import IGNORE, LabelledCrop, LabelledSet
 from WSSS.segmentation import ARCHS, build_segmentation_model, logits
-from WSSS.training import RUN_KIND, WITH_BIASES
+from WSSS.training import WITH_BIASES, stage_args, stage_run, trained_weights
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +156,7 @@ def masked_cross_entropy(scores: torch.Tensor, labels: torch.Tensor) -> torch.Te
 def run(args: argparse.Namespace) -> Path:
     """The path of the trained segmentation net, trained first when absent."""
     weights = Path(args.seg_weights_name)
-    if weights.is_file():
-        log.info("train_seg: %s exists, nothing to train (remove it to train again)", weights)
+    if trained_weights("train_seg", weights):
         return weights
     if args.sem_seg_out_dir is None:
         raise ArgumentError("train_seg needs --sem_seg_out_dir, the folder of the pseudo masks")
@@ -175,33 +171,20 @@ def run(args: argparse.Namespace) -> Path:
         "at a folder of label PNGs"
     )
     train_set = LabelledSet(samples, args.sem_seg_out_dir, len(classes), transform, made_by)
-    progress = not getattr(args, "no_progress", False)
-    prefix = f"{weights.stem}_"  # beside other nets, and other segmentation nets (one per seed variant)
-    run = TrainingRun(
-        weights.parent,
-        RUN_KIND,
-        setup["batch_size"],
-        setup["seed"],
-        args.device,
-        args.local_rank,
-        prefix,
-        progress,
-        resume=True,
-    )
+    run = stage_run(weights, setup, args)  # one per seed variant, as IRN
     log.info("training %s on the masks in %s (%s x %d)", setup["arch"], args.sem_seg_out_dir, run.device, run.world)
-    loader = run.loader(train_set, args.num_workers, drop_last=True)  # full batches: BatchNorm needs 2 or more
-    if len(loader) == 0:
-        run.close()
-        raise ArgumentError(f"--seg_batch_size {setup['batch_size']}: no full batch in {len(train_set)} images")
+    # full batches: BatchNorm needs 2 images or more
+    loader = run.loader(train_set, args.num_workers, drop_last=True, batch_flag="--seg_batch_size")
     log.info("%d images, %d classes + background, %d steps an epoch", len(train_set), len(classes), len(loader))
 
-    # ============ model, optimizer ============
+    # ============ model, optimizer, schedule ============
     model = run.place(build_segmentation_model(setup["arch"], len(classes) + 1, setup["pretrained"]), sync_bn=True)
-    lr = setup["learning_rate"]
+    lr, epochs = setup["learning_rate"], setup["num_epoches"]
     # WITH_BIASES: every parameter trains, those of the head ("classifier") at 10x the lr.
     optimizer = sgd(model, lr, setup["weight_decay"], setup["momentum"], nesterov=False, multipliers=WITH_BIASES)
     scaler = run.scaler(setup["amp"])
-    max_step = poly_max_step(len(train_set), setup["batch_size"], setup["num_epoches"])
+    max_step = poly_max_step(len(train_set), setup["batch_size"], epochs)
+    schedule = PolySchedule(optimizer, lr, max_step, POLY_POWER, len(loader))  # before every step
 
     # ============ resume (always: a stage finishes what an interrupted one began) ============
     resumed = run.resume(model, optimizer, scaler, settings=setup)
@@ -211,30 +194,19 @@ def run(args: argparse.Namespace) -> Path:
         loss = masked_cross_entropy(logits(net, images), labels)  # B x C x crop x crop, B x crop x crop
         return loss, {"ce": loss.detach()}
 
-    def schedule(epoch: int):
-        """The poly lr of each step of ``epoch``, set before the step (step counted in the epoch)."""
-        first = epoch * len(loader)
-        return lambda step: set_poly_lr(optimizer, lr, first + step, max_step, POLY_POWER)
-
     # ============ training loop ============
-    epochs = setup["num_epoches"]
     for epoch in run.epochs(resumed["epoch"], epochs):
         stats = run.train_one_epoch(
-            trained, loader, optimizer, scaler, compute_loss, epoch, epochs, setup["amp"], before_step=schedule(epoch)
-        )
-        last_lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_multiplier"]  # its last step's
-        record = {"epoch": epoch + 1, "lr": last_lr, "train": stats}
+            trained, loader, optimizer, scaler, compute_loss, epoch, epochs, setup["amp"],
+            before_step=schedule.before_step(epoch),
+        )  # fmt: skip
+        record = {"epoch": epoch + 1, "lr": schedule.lr, "train": stats}  # the lr of the epoch's last step
         run.save(model, optimizer, scaler, epoch + 1, record, settings=setup)
         log.info("%s", epoch_line(record))
 
     # ============ the finished net ============
-    if run.main:
-        run.claim()  # a run resumed when already finished trains nothing, but writes its weights
-        info = {"arch": setup["arch"], "num_classes": len(classes) + 1, "classes": list(classes), "epoch": epochs}
-        info.update(crop_size=setup["crop_size"], dataset=getattr(args, "dataset", "voc"))
-        save_atomic({"model": model.state_dict(), **info}, weights)
-        record = {**jsonable_args(args), "settings": setup}
-        write_text_atomic(weights.parent / f"{prefix}args.json", json.dumps(record, indent=2, default=str) + "\n")
-        log.info("segmentation net: %s", weights)
-    run.close()
+    info = {"arch": setup["arch"], "num_classes": len(classes) + 1, "classes": list(classes), "epoch": epochs}
+    info.update(crop_size=setup["crop_size"], dataset=getattr(args, "dataset", "voc"))
+    run.finish(stage_args(args, setup), weights, {"model": model.state_dict(), **info})
+    log.info("segmentation net: %s", weights)
     return weights
