@@ -42,7 +42,7 @@ from tqdm import tqdm
 from bas.amc import global_average
 from bas.devices import autocast
 from bas.distributed import finish_distributed, first_on_rank_zero, gather_objects, init_distributed
-from bas.errors import ArgumentError, DatasetError, OutputError, require_positive, run_main
+from bas.errors import ArgumentError, DatasetError, OutputError, run_main
 from bas.outputs import check_writable, claim, input_stamp, read_marker, replace_atomic, write_text_atomic
 from WSOL import metrics
 from WSOL.cli import check_evaluation_args, evaluation_parser, load_samples, model_for_evaluation
@@ -290,7 +290,7 @@ def draw(records: list[dict], names: list[str], path: Path) -> None:
             ax.grid(alpha=0.3)
         row[0].set_ylabel("normalized value (min-max per image)")
     axes[0, 1].legend(fontsize="small", loc="center right")
-    figure.suptitle(f"{len(records)} images: mean +- 1 s.d. at each mask step")
+    figure.suptitle(f"{len(records)} images: mean ± 1 s.d. at each mask step")
 
     def write(fd: int) -> None:
         with os.fdopen(fd, "wb") as f:
@@ -321,7 +321,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise ArgumentError("--maps: the experiment masks a network's features; it needs --checkpoint, not saved maps")
     if args.topk not in (None, 1):
         raise ArgumentError(f"--topk {args.topk}: the experiment uses the map of the ground-truth class (top-1)")
-    require_positive("--steps", args.steps)
     if args.steps < 2:
         raise ArgumentError(f"--steps {args.steps}: a curve needs at least 2 masks")
 
@@ -332,8 +331,9 @@ def networks_for(args: argparse.Namespace, device: torch.device):
     model, _, values = model_for_evaluation(args, device)
     networks, made_of = [model], [{"weights": input_stamp(args.checkpoint), "method": args.method or "bas"}]
     if args.compare is not None:
-        other = argparse.Namespace(**{**vars(args), "checkpoint": args.compare, "arch": None, "method": None})
-        other.num_classes = None
+        # What the second checkpoint records decides its model, not the first one's flags.
+        recorded = {"checkpoint": args.compare, "arch": None, "method": None, "num_classes": None}
+        other = argparse.Namespace(**{**vars(args), **recorded})
         networks.append(model_for_evaluation(other, device)[0])
         made_of.append({"weights": input_stamp(args.compare), "method": other.method or "bas"})
     names = [f"{m['method'].upper()} ({m['weights']['name']})" for m in made_of]
