@@ -128,7 +128,7 @@ def top_class_and_bin(cams: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray,
     above = np.empty(top.shape, dtype=bool)
     for level in levels:
         np.greater(top, level, out=above)
-        below += above
+        np.add(below, above.view(np.uint8), out=below)  # as bytes: no cast from bool
     nan = np.isnan(top)
     if nan.any():
         below[nan] = len(levels)
