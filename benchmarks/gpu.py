@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from argparse import Namespace
 
 import numpy as np
@@ -52,14 +51,8 @@ def sizes(dry_run: bool) -> Namespace:
 
 
 def seconds(run, repeats: int, device: torch.device) -> tuple[object, float]:
-    """(the result of ``run``, seconds per call after one untimed call)."""
-    result = run()
-    speed.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        result = run()
-    speed.synchronize(device)
-    return result, (time.perf_counter() - start) / repeats
+    """(the result of a first, untimed call of ``run``; seconds per call after it)."""
+    return run(), speed.timed(run, repeats, 0, device)
 
 
 def check(difference: float, tolerance: float) -> str:
@@ -99,6 +92,7 @@ def walk_rows(device: torch.device, s: Namespace) -> list[tuple[str, str, str, s
 
 
 def make_cam_rows(device: torch.device, s: Namespace) -> list[tuple[str, str, str, str]]:
+    """make_cam on ``device`` in each dtype, its seed maps against the CPU's fp32 ones."""
     args = Namespace(device="cpu", image_size=s.image_size, steps=s.steps, warmup=s.warmup)
     reference = wsss_speed.make_cam_seeds("fp32", args)()["high_res"]
     rows = []
@@ -107,7 +101,8 @@ def make_cam_rows(device: torch.device, s: Namespace) -> list[tuple[str, str, st
         seed, per_image = seconds(wsss_speed.make_cam_seeds(dtype, args), s.steps, device)
         difference = np.abs(seed["high_res"] - reference).max()
         h, w = s.image_size
-        rows.append((f"make_cam {w} x {h} {dtype}", f"{1000 * per_image:.0f} ms/image", "", check(difference, NET_TOLERANCE[dtype])))
+        title, checked = f"make_cam {w} x {h} {dtype}", check(difference, NET_TOLERANCE[dtype])
+        rows.append((title, f"{1000 * per_image:.0f} ms/image", "", checked))
     return rows
 
 
@@ -127,9 +122,8 @@ def train_rows(device: torch.device, s: Namespace) -> list[tuple[str, str, str, 
             timing = (*what, dtype, False, on_device) if module is speed else (*what, dtype, on_device)
             images_s, peak, loss = fresh(module.train_speed, *timing)
             difference = abs(loss - reference) / abs(reference)
-            rows.append(
-                (f"train {title} {dtype}", f"{images_s:.2f} images/s", f"{peak:.0f} MiB", check(difference, NET_TOLERANCE[dtype]))
-            )
+            checked = check(difference, NET_TOLERANCE[dtype])
+            rows.append((f"train {title} {dtype}", f"{images_s:.2f} images/s", f"{peak:.0f} MiB", checked))
     return rows
 
 
