@@ -1,5 +1,6 @@
-"""What train.py, evaluator.py and count_pxap.py share: dataset arguments and their
-resolution into samples, presets, and building a model from a checkpoint."""
+"""What the WSOL scripts (train, evaluator, count_pxap, localize, motivation) share: dataset
+and model arguments, their resolution into samples and presets, and building a model from a
+checkpoint."""
 
 from __future__ import annotations
 

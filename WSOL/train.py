@@ -100,7 +100,7 @@ def fill_defaults(args: argparse.Namespace) -> None:
     check_writable(args.output_dir, RUN_KIND, "Choose another --output-dir.")
 
 
-def bas_step(alpha: float, beta: float):
+def loss_function(alpha: float, beta: float):
     """The loss of one batch: the BAS loss (CE only for the CAM baseline, whose outputs
     have no AMC terms), with the classification accuracy for the log."""
 
@@ -175,7 +175,7 @@ def train(args: argparse.Namespace) -> dict:
 
     # ============ training loop ============
     summary = {}
-    compute_loss = bas_step(args.alpha, args.beta)
+    compute_loss = loss_function(args.alpha, args.beta)
     for epoch in run.epochs(start_epoch, args.epochs):
         lr = set_step_lr(optimizer, args.lr, epoch, args.decay_epoch)
         record = {"epoch": epoch + 1, "lr": lr}

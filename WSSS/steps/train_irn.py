@@ -178,9 +178,10 @@ def run(args: argparse.Namespace) -> Path:
     if trained_weights("train_irn", weights):
         return weights
     setup = settings(args)
-    run = stage_run(weights, setup, args)  # one per seed variant: run_sample trains one IRN for each
+    trainer = stage_run(weights, setup, args)  # one per seed variant: run_sample trains one IRN for each
     root = getattr(args, "coco_root", None) or args.voc12_root
-    log.info("training IRN (%s) on %s (%s x %d), weights to %s", setup["arch"], root, run.device, run.world, weights)
+    where = (trainer.device, trainer.world)
+    log.info("training IRN (%s) on %s (%s x %d), weights to %s", setup["arch"], root, *where, weights)
 
     # ============ data ============
     data = datasets.pipeline_data(args)
@@ -190,12 +191,12 @@ def run(args: argparse.Namespace) -> Path:
     transform = LabelledCrop(crop, IRN_SCALES, label_stride=4)
     made_by = "make them first (stage cam_to_ir_label) or point --ir_label_out_dir at them"
     train_set = LabelledSet(samples, args.ir_label_out_dir, len(classes), transform, made_by)
-    loader = run.loader(train_set, args.num_workers, drop_last=True, batch_flag="--irn_batch_size")  # as IRN
-    pairs = PathIndex(setup["radius"], (crop // 4, crop // 4)).to(run.device)
+    loader = trainer.loader(train_set, args.num_workers, drop_last=True, batch_flag="--irn_batch_size")  # as IRN
+    pairs = PathIndex(setup["radius"], (crop // 4, crop // 4)).to(trainer.device)
     log.info("%d images, %d pair directions, %d steps an epoch", len(train_set), len(pairs.directions), len(loader))
 
     # ============ model, optimizer, schedule ============
-    model = run.place(build_irn(setup["arch"], setup["pretrained"]))
+    model = trainer.place(build_irn(setup["arch"], setup["pretrained"]))
     edge, displacement = model.branch_parameters()
     lr, epochs = setup["learning_rate"], setup["num_epoches"]
     groups = [
@@ -203,33 +204,33 @@ def run(args: argparse.Namespace) -> Path:
         {"params": displacement, "lr": 10 * lr, "lr_multiplier": 10},
     ]
     optimizer = torch.optim.SGD(groups, lr=lr, momentum=setup["momentum"], weight_decay=setup["weight_decay"])
-    scaler = run.scaler(None)
+    scaler = trainer.scaler(None)
     max_step = poly_max_step(len(train_set), setup["batch_size"], epochs)
     schedule = PolySchedule(optimizer, lr, max_step, POLY_POWER, len(loader))  # IRN's, before each step
 
     # ============ resume (always: a stage finishes what an interrupted one began) ============
-    resumed = run.resume(model, optimizer, scaler, settings=setup)
-    trained = run.distribute(model)
+    resumed = trainer.resume(model, optimizer, scaler, settings=setup)
+    trained = trainer.distribute(model)
 
     def compute_loss(net, images, ir_label, step):
         edge_logits, disp = net(images)  # B x 1 x h x w, B x 2 x h x w
         return irn_loss(edge_logits, disp, ir_label, pairs, global_mean)
 
     # ============ training loop ============
-    for epoch in run.epochs(resumed["epoch"], epochs):
-        stats = run.train_one_epoch(
+    for epoch in trainer.epochs(resumed["epoch"], epochs):
+        stats = trainer.train_one_epoch(
             trained, loader, optimizer, scaler, compute_loss, epoch, epochs, before_step=schedule.before_step(epoch)
         )
         record = {"epoch": epoch + 1, "lr": schedule.lr, "train": stats}
-        run.save(model, optimizer, scaler, epoch + 1, record, settings=setup)
+        trainer.save(model, optimizer, scaler, epoch + 1, record, settings=setup)
         log.info("%s", epoch_line(record))
 
     # ============ the mean shift, the finished net ============
-    if run.main:
+    if trainer.main:
         progress = not args.no_progress
         mean = displacement_mean(model, mean_samples, crop, setup["batch_size"], args.num_workers, progress)
         model.displacement_mean.copy_(mean)
     info = {"arch": setup["arch"], "crop_size": crop, "radius": setup["radius"], "epoch": epochs}
-    run.finish(stage_args(args, setup), weights, {"model": model.state_dict(), **info, "dataset": args.dataset})
+    trainer.finish(stage_args(args, setup), weights, {"model": model.state_dict(), **info, "dataset": args.dataset})
     log.info("IRN: %s (displacement mean %.3f, %.3f)", weights, *model.displacement_mean.tolist())
     return weights

@@ -171,42 +171,43 @@ def run(args: argparse.Namespace) -> Path:
         "at a folder of label PNGs"
     )
     train_set = LabelledSet(samples, args.sem_seg_out_dir, len(classes), transform, made_by)
-    run = stage_run(weights, setup, args)  # one per seed variant, as IRN
-    log.info("training %s on the masks in %s (%s x %d)", setup["arch"], args.sem_seg_out_dir, run.device, run.world)
+    trainer = stage_run(weights, setup, args)  # one per seed variant, as IRN
+    where = (trainer.device, trainer.world)
+    log.info("training %s on the masks in %s (%s x %d)", setup["arch"], args.sem_seg_out_dir, *where)
     # full batches: BatchNorm needs 2 images or more
-    loader = run.loader(train_set, args.num_workers, drop_last=True, batch_flag="--seg_batch_size")
+    loader = trainer.loader(train_set, args.num_workers, drop_last=True, batch_flag="--seg_batch_size")
     log.info("%d images, %d classes + background, %d steps an epoch", len(train_set), len(classes), len(loader))
 
     # ============ model, optimizer, schedule ============
-    model = run.place(build_segmentation_model(setup["arch"], len(classes) + 1, setup["pretrained"]), sync_bn=True)
+    model = trainer.place(build_segmentation_model(setup["arch"], len(classes) + 1, setup["pretrained"]), sync_bn=True)
     lr, epochs = setup["learning_rate"], setup["num_epoches"]
     # WITH_BIASES: every parameter trains, those of the head ("classifier") at 10x the lr.
     optimizer = sgd(model, lr, setup["weight_decay"], setup["momentum"], nesterov=False, multipliers=WITH_BIASES)
-    scaler = run.scaler(setup["amp"])
+    scaler = trainer.scaler(setup["amp"])
     max_step = poly_max_step(len(train_set), setup["batch_size"], epochs)
     schedule = PolySchedule(optimizer, lr, max_step, POLY_POWER, len(loader))  # before every step
 
     # ============ resume (always: a stage finishes what an interrupted one began) ============
-    resumed = run.resume(model, optimizer, scaler, settings=setup)
-    trained = run.distribute(model)
+    resumed = trainer.resume(model, optimizer, scaler, settings=setup)
+    trained = trainer.distribute(model)
 
     def compute_loss(net, images, labels, step):
         loss = masked_cross_entropy(logits(net, images), labels)  # B x C x crop x crop, B x crop x crop
         return loss, {"ce": loss.detach()}
 
     # ============ training loop ============
-    for epoch in run.epochs(resumed["epoch"], epochs):
-        stats = run.train_one_epoch(
+    for epoch in trainer.epochs(resumed["epoch"], epochs):
+        stats = trainer.train_one_epoch(
             trained, loader, optimizer, scaler, compute_loss, epoch, epochs, setup["amp"],
             before_step=schedule.before_step(epoch),
         )  # fmt: skip
         record = {"epoch": epoch + 1, "lr": schedule.lr, "train": stats}  # the lr of the epoch's last step
-        run.save(model, optimizer, scaler, epoch + 1, record, settings=setup)
+        trainer.save(model, optimizer, scaler, epoch + 1, record, settings=setup)
         log.info("%s", epoch_line(record))
 
     # ============ the finished net ============
     info = {"arch": setup["arch"], "num_classes": len(classes) + 1, "classes": list(classes), "epoch": epochs}
     info.update(crop_size=setup["crop_size"], dataset=getattr(args, "dataset", "voc"))
-    run.finish(stage_args(args, setup), weights, {"model": model.state_dict(), **info})
+    trainer.finish(stage_args(args, setup), weights, {"model": model.state_dict(), **info})
     log.info("segmentation net: %s", weights)
     return weights
