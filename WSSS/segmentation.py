@@ -35,6 +35,7 @@ from torchvision.models import segmentation as tvs
 
 from bas.checkpoints import load_state_dict_checked, read_checkpoint
 from bas.errors import CheckpointError
+from WSSS import deeplabv2
 
 # arch -> (torchvision builder, the ImageNet weights of its backbone)
 ARCHS = {
@@ -109,14 +110,26 @@ def predict(model: nn.Module, images: Sequence[torch.Tensor], size: Sequence[int
 
 
 def load_segmentation_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
-    """The net saved by stage train_seg at ``path``, on ``device`` in eval mode, and the
-    file's other entries (arch, num_classes, classes, ...)."""
+    """The net saved by stage train_seg at ``path``, or a DeepLabv2 in deeplab-pytorch's
+    layout (recognised by its keys, no ``arch`` needed: ``WSSS.deeplabv2``), on ``device``
+    in eval mode, and the file's other entries (arch, num_classes, classes, ...)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no segmentation net there; train it first (stage train_seg)")
     checkpoint = read_checkpoint(path)
+    entries = {k: v for k, v in checkpoint.items() if k != "model"}
+    if deeplabv2.is_layout(checkpoint["model"]):
+        net, num_classes = deeplabv2.load_layout(checkpoint["model"], str(path))
+        model = deeplabv2.ProjectInputs(net)
+        return model.to(device).eval(), {**entries, "arch": deeplabv2.ARCH, "num_classes": num_classes}
     if "arch" not in checkpoint or checkpoint["arch"] not in ARCHS or "num_classes" not in checkpoint:
-        raise CheckpointError(f"{path}: not a segmentation net of stage train_seg (no known 'arch', 'num_classes')")
+        keys = list(checkpoint["model"])
+        found = f"entries {', '.join(entries)} and " if entries else ""
+        raise CheckpointError(
+            f"{path}: not a segmentation net of stage train_seg (no known 'arch', 'num_classes') nor a DeepLabv2 "
+            f"state dict of deeplab-pytorch ({deeplabv2.FIRST_KEY}, ..., {deeplabv2.ASPP_KEY}, ...); "
+            f"found {found}{len(keys)} weights: {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}"
+        )
     model = build_segmentation_model(checkpoint["arch"], checkpoint["num_classes"])
     load_state_dict_checked(model, checkpoint["model"], str(path))
-    return model.to(device).eval(), {k: v for k, v in checkpoint.items() if k != "model"}
+    return model.to(device).eval(), entries

@@ -1,0 +1,193 @@
+"""DeepLabv2-ResNet101 in deeplab-pytorch's layout: ASPP, multi-scale fusion, output stride,
+the checkpoint layout both ways, and the training recipe's pieces, on a net with one block per
+layer (the same keys as ResNet-101's, fewer of them)."""
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from bas.errors import CheckpointError
+from bas.optim import set_poly_lr
+from WSSS import deeplabv2
+from WSSS.datasets.transforms import to_tensor
+from WSSS.segmentation import load_segmentation_model
+
+LIGHT = (1, 1, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def light_net():
+    torch.manual_seed(0)
+    return deeplabv2.deeplabv2_resnet101(3, LIGHT).eval()
+
+
+def test_aspp_sums_four_dilated_convs():
+    aspp = deeplabv2.ASPP(4, 3, deeplabv2.ATROUS_RATES)
+    with torch.no_grad():
+        for conv in aspp.children():
+            conv.bias.normal_()  # the zero initialization would hide the biases
+    x = torch.randn(1, 4, 30, 30)
+    by_hand = sum(
+        F.conv2d(x, conv.weight, conv.bias, padding=rate, dilation=rate)
+        for conv, rate in zip([aspp.c0, aspp.c1, aspp.c2, aspp.c3], (6, 12, 18, 24))
+    )
+    torch.testing.assert_close(aspp(x), by_hand)
+
+
+def test_msc_fuses_the_three_scales_by_their_max(light_net):
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        full = light_net.base(x)
+        half = light_net.base(F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False))
+        three_quarters = light_net.base(F.interpolate(x, scale_factor=0.75, mode="bilinear", align_corners=False))
+        up = [F.interpolate(o, size=(9, 9), mode="bilinear", align_corners=False) for o in (half, three_quarters)]
+        by_hand = torch.maximum(full, torch.maximum(up[0], up[1]))
+        fused = light_net(x)
+        training = copy.deepcopy(light_net)
+        deeplabv2.freeze_batchnorm(training)  # batch statistics would make the outputs differ
+        outputs = training.train()(x)
+    torch.testing.assert_close(fused, by_hand)
+    assert len(outputs) == 4
+    for output, expected in zip(outputs, (full, half, three_quarters, by_hand)):
+        torch.testing.assert_close(output, expected)
+
+
+def test_logits_at_stride_8_with_the_stems_rounding_up(light_net):
+    # 65: conv1 (65 + 6 - 7) // 2 + 1 = 33, pool ceil((33 + 2 - 3) / 2) + 1 = 17, layer3 (17 - 1) // 2 + 1 = 9.
+    # 64: conv1 32, pool ceil(31 / 2) + 1 = 17 (16 if the pool rounded down), layer3 9.
+    # MSC of 65: 0.5 -> 32 px -> 16 -> 9 -> 5; 0.75 -> 48 px -> 24 -> 13 -> 7.
+    with torch.no_grad():
+        assert light_net.base(torch.zeros(1, 3, 65, 65)).shape == (1, 3, 9, 9)
+        assert light_net.base(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 9, 9)
+        outputs = copy.deepcopy(light_net).train()(torch.zeros(2, 3, 65, 65))
+        shapes = [tuple(o.shape[-2:]) for o in outputs]
+    assert shapes == [(9, 9), (5, 5), (7, 7), (9, 9)]
+
+
+def test_state_dict_is_the_reference_checkpoint_layout(shared_dir):
+    reference = json.loads((shared_dir / "design/checkpoint_keys/deeplabv2_resnet101_msc_c21.json").read_text())
+    ours = deeplabv2.deeplabv2_resnet101(21).state_dict()
+    assert [(k, list(v.shape)) for k, v in ours.items()] == [(k, list(v)) for k, v in reference.items()]
+
+
+def test_loader_recognises_a_reference_file_by_its_keys(light_net, tmp_path):
+    torch.save(light_net.state_dict(), tmp_path / "checkpoint_final.pth")  # as the reference saves: a bare state dict
+    model, info = load_segmentation_model(tmp_path / "checkpoint_final.pth", torch.device("cpu"))
+    assert info == {"arch": "deeplabv2_resnet101", "num_classes": 3}
+    image = to_tensor(Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)))[None]
+    with torch.no_grad():
+        expected = light_net(deeplabv2.caffe_input(image))
+        torch.testing.assert_close(model(image)["out"], expected)
+
+
+def test_loader_error_lists_the_keys_of_a_file_of_neither_layout(tmp_path):
+    torch.save({"arch": "mystery", "model": {"encoder.conv.weight": torch.zeros(1)}}, tmp_path / "x.pth")
+    with pytest.raises(CheckpointError, match="found entries arch and 1 weights: encoder.conv.weight"):
+        load_segmentation_model(tmp_path / "x.pth", torch.device("cpu"))
+
+
+def test_caffe_input_is_bgr_0_255_minus_the_mean():
+    image = to_tensor(Image.fromarray(np.array([[[255, 0, 128]]], dtype=np.uint8)))[None]
+    expected = torch.tensor([128 - 104.008, 0 - 116.669, 255 - 122.675]).view(1, 3, 1, 1)
+    torch.testing.assert_close(deeplabv2.caffe_input(image), expected, atol=1e-4, rtol=0)
+
+
+def test_param_groups_learning_rates_and_weight_decay(light_net):
+    optimizer = deeplabv2.sgd(light_net)
+    groups = optimizer.param_groups
+    assert [(g["lr"], g["lr_multiplier"], g["weight_decay"]) for g in groups] == [
+        (2.5e-4, 1, 5e-4),
+        (2.5e-3, 10, 5e-4),
+        (5e-3, 20, 0.0),
+    ]
+    assert all(g["momentum"] == 0.9 and not g["nesterov"] for g in groups)
+    convs = [m for n, m in light_net.named_modules() if isinstance(m, nn.Conv2d) and ".aspp." not in n]
+    assert [id(p) for p in groups[0]["params"]] == [id(m.weight) for m in convs]
+    assert [id(p) for p in groups[1]["params"]] == [id(c.weight) for c in light_net.base.aspp.children()]
+    assert [id(p) for p in groups[2]["params"]] == [id(c.bias) for c in light_net.base.aspp.children()]
+
+
+def test_poly_rate_changes_every_10_iterations():
+    assert [deeplabv2.RECIPE.poly_step(s) for s in (0, 9, 10, 19, 19999)] == [0, 0, 10, 10, 19990]
+    optimizer = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))], "lr_multiplier": 20}], lr=1.0)
+    recipe = deeplabv2.RECIPE
+    lr = set_poly_lr(optimizer, recipe.lr, recipe.poly_step(25), recipe.iterations, recipe.poly_power)
+    assert lr == pytest.approx(2.5e-4 * (1 - 20 / 20000) ** 0.9)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(20 * lr)
+
+
+def test_frozen_batchnorm_stays_frozen_after_train():
+    net = deeplabv2.deeplabv2_resnet101(3, LIGHT)
+    deeplabv2.freeze_batchnorm(net)
+    net.train()
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert net.training and net.base.aspp.training
+    assert not any(m.training for m in norms)
+    assert not any(p.requires_grad for m in norms for p in m.parameters())
+    before = [m.running_mean.clone() for m in norms]
+    net(torch.randn(2, 3, 33, 33))
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms))
+
+
+def test_loss_sums_the_cross_entropy_of_the_four_outputs():
+    labels = torch.tensor([[[0, 1], [255, 1]]])
+    full = torch.tensor([[[[0.0, 1.0], [5.0, 2.0]], [[0.0, 0.0], [0.0, 0.0]]]])  # class 0, class 1 planes
+    small = torch.tensor([[[[3.0]], [[1.0]]]])  # 1 x 1: the label under its centre, (1, 1) -> 1
+    fused = torch.zeros(1, 2, 2, 2)
+
+    def ce(logit_0, logit_1, label):
+        return math.log(math.exp(logit_0) + math.exp(logit_1)) - (logit_0, logit_1)[label]
+
+    by_hand = (
+        (ce(0, 0, 0) + ce(1, 0, 1) + ce(2, 0, 1)) / 3  # the 255 pixel left out
+        + ce(3, 1, 1)
+        + ce(3, 1, 1)
+        + math.log(2)
+    )
+    loss = deeplabv2.msc_loss([full, small, small, fused], labels)
+    assert loss.item() == pytest.approx(by_hand, rel=1e-6)
+
+
+@pytest.mark.parametrize("size", [41, 31, 21])
+def test_labels_resized_as_pils_nearest(size):
+    labels = torch.randint(0, 256, (1, 321, 321))
+    pil = Image.fromarray(labels[0].numpy().astype(np.float32)).resize((size, size), resample=Image.NEAREST)
+    assert torch.equal(deeplabv2.resize_labels(labels, (size, size))[0], torch.tensor(np.asarray(pil)).long())
+
+
+def coco_file(net: deeplabv2.DeepLabV2MSC, path, aspp_classes=None):
+    """A file as deeplab-pytorch converts DeepLab's COCO model: the backbone without ``base.``,
+    its own 1x1 classifier ``fc``, and optionally an ASPP of another number of classes."""
+    state = {k: v.clone() for k, v in net.base.state_dict().items() if not k.startswith("aspp.")}
+    state.update({"fc.weight": torch.randn(91, 2048, 1, 1), "fc.bias": torch.randn(91)})
+    if aspp_classes:
+        state.update({f"aspp.c{i}.weight": torch.randn(aspp_classes, 2048, 3, 3) for i in range(4)})
+    torch.save(state, path)
+    return state
+
+
+@pytest.mark.parametrize("aspp_classes", [None, 91])
+def test_init_from_coco_loads_the_backbone_and_skips_the_aspp(tmp_path, aspp_classes):
+    state = coco_file(deeplabv2.deeplabv2_resnet101(3, LIGHT), tmp_path / "coco.pth", aspp_classes)
+    net = deeplabv2.deeplabv2_resnet101(3, LIGHT)
+    aspp_before = {k: v.clone() for k, v in net.base.aspp.state_dict().items()}
+    skipped = deeplabv2.init_from_coco(net, tmp_path / "coco.pth")
+    assert skipped == [f"aspp.c{i}.{p}" for i in range(4) for p in ("weight", "bias")]
+    own = net.base.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in state.items() if k in own and not k.startswith("aspp."))
+    assert all(torch.equal(net.base.aspp.state_dict()[k], v) for k, v in aspp_before.items())
+
+
+def test_init_from_coco_refuses_a_file_without_the_backbone(tmp_path):
+    state = coco_file(deeplabv2.deeplabv2_resnet101(3, LIGHT), tmp_path / "coco.pth")
+    del state["layer5.block1.increase.conv.weight"]
+    torch.save(state, tmp_path / "coco.pth")
+    with pytest.raises(CheckpointError, match="1 backbone tensors missing .*layer5.block1.increase.conv.weight"):
+        deeplabv2.init_from_coco(deeplabv2.deeplabv2_resnet101(3, LIGHT), tmp_path / "coco.pth")
