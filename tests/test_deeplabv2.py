@@ -15,9 +15,10 @@ from torch import nn
 
 from bas.errors import CheckpointError
 from bas.optim import set_poly_lr
-from WSSS import deeplabv2
+from WSSS import datasets, deeplabv2, run_sample
 from WSSS.datasets.transforms import to_tensor
 from WSSS.segmentation import load_segmentation_model
+from WSSS.synthetic import make_synthetic_voc
 
 LIGHT = (1, 1, 1, 1)
 
@@ -191,3 +192,17 @@ def test_init_from_coco_refuses_a_file_without_the_backbone(tmp_path):
     torch.save(state, tmp_path / "coco.pth")
     with pytest.raises(CheckpointError, match="1 backbone tensors missing .*layer5.block1.increase.conv.weight"):
         deeplabv2.init_from_coco(deeplabv2.deeplabv2_resnet101(3, LIGHT), tmp_path / "coco.pth")
+
+
+def test_eval_seg_runs_a_reference_file_end_to_end(tmp_path):
+    root = make_synthetic_voc(tmp_path / "VOCdevkit", num_train_aug=2, num_train=1, num_val=2, seed=1) / "VOC2012"
+    weights = tmp_path / "checkpoint_final.pth"
+    torch.save(deeplabv2.deeplabv2_resnet101(5, LIGHT).state_dict(), weights)
+    argv = ["--voc12_root", str(root), "--num_workers", "0", "--no_progress", "--seg_scales", "1"]
+    argv += ["--seg_weights_name", str(weights), "--seg_out_dir", str(tmp_path / "seg")]
+    run_sample.main([*argv, "--stages", "eval_seg"])
+    report = json.loads((tmp_path / "seg_eval" / "eval_sem_seg_val.json").read_text())
+    assert report["images"] == 2
+    for sample in datasets.voc_images(root, "val"):
+        with Image.open(tmp_path / "seg" / f"{sample.image_id}.png") as png:
+            assert png.size == Image.open(sample.path).size
