@@ -222,7 +222,8 @@ def is_layout(state_dict: dict) -> bool:
 def load_layout(state_dict: dict, source: str) -> tuple[DeepLabV2MSC, int]:
     """The net a state dict of the layout holds, and its number of classes: the depth is
     read from the block keys, the classes from the ASPP (a file that does not fit the net
-    so built stops with ``load_state_dict_checked``'s line)."""
+    so built stops with ``load_state_dict_checked``'s line). BatchNorm step counters absent
+    from the file (PyTorch before 0.4.1 wrote none) start at 0: nothing reads them."""
     blocks = []
     for layer in range(2, 6):
         prefix = f"base.layer{layer}.block"
@@ -230,7 +231,9 @@ def load_layout(state_dict: dict, source: str) -> tuple[DeepLabV2MSC, int]:
         blocks.append(max((int(n) for n in numbers if n.isdigit()), default=0))
     num_classes = state_dict[ASPP_KEY].shape[0]
     model = deeplabv2_resnet101(num_classes, blocks)
-    load_state_dict_checked(model, state_dict, source, f"DeepLabv2-ResNet of blocks {blocks}")
+    own = model.state_dict()
+    counters = {k: own[k] for k in own if k.endswith(".num_batches_tracked") and k not in state_dict}
+    load_state_dict_checked(model, {**state_dict, **counters}, source, f"DeepLabv2-ResNet of blocks {blocks}")
     return model, num_classes
 
 

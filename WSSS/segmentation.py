@@ -20,6 +20,9 @@ Inference (``predict``) is the usual DeepLab evaluation: at each scale the image
 mirror image go through the net as one batch of two, the logits are resized to the image's
 size (bilinear), turned into probabilities (softmax) and averaged over scales and mirrors;
 ``WSSS.crf.crf_refine`` optionally sharpens them with DeepLab's dense CRF.
+
+``load_segmentation_model`` also reads the DeepLabv2-ResNet101 of the WSSS papers in
+kazuto1011/deeplab-pytorch's checkpoint layout (``WSSS.deeplabv2``), recognised by its keys.
 """
 
 from __future__ import annotations

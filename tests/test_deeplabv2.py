@@ -88,6 +88,14 @@ def test_loader_recognises_a_reference_file_by_its_keys(light_net, tmp_path):
         torch.testing.assert_close(model(image)["out"], expected)
 
 
+def test_loader_accepts_a_file_without_batchnorm_step_counters(light_net, tmp_path):
+    # PyTorch before 0.4.1 wrote no num_batches_tracked; inference never reads it
+    state = {k: v for k, v in light_net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old.pth")
+    model, _ = load_segmentation_model(tmp_path / "old.pth", torch.device("cpu"))
+    assert all(torch.equal(model.net.state_dict()[k], v) for k, v in state.items())
+
+
 def test_loader_error_lists_the_keys_of_a_file_of_neither_layout(tmp_path):
     torch.save({"arch": "mystery", "model": {"encoder.conv.weight": torch.zeros(1)}}, tmp_path / "x.pth")
     with pytest.raises(CheckpointError, match="found entries arch and 1 weights: encoder.conv.weight"):
