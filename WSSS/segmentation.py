@@ -48,15 +48,29 @@ ARCHS = {
     "lraspp_mobilenet_v3_large": (tvs.lraspp_mobilenet_v3_large, tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1),
 }
 
+# Every net stage train_seg trains: torchvision's, and the WSSS papers' DeepLabv2.
+ARCH_NAMES = (*ARCHS, deeplabv2.ARCH)
 
-def build_segmentation_model(arch: str, num_classes: int, pretrained: str | None = None) -> nn.Module:
+
+def build_segmentation_model(
+    arch: str, num_classes: int, pretrained: str | None = None, blocks: Sequence[int] | None = None
+) -> nn.Module:
     """torchvision's ``arch`` with ``num_classes`` outputs (the background included) and no
     auxiliary classifier; ``model(x)["out"]`` is N x num_classes x H x W logits for an
     N x 3 x H x W input. ``pretrained``: None (random initialization), "imagenet" (the
     backbone's torchvision weights) or the path of a torchvision-format classifier state
-    dict of the backbone (for machines without a network)."""
+    dict of the backbone (for machines without a network).
+
+    ``deeplabv2_resnet101``: the bare MSC net of ``WSSS.deeplabv2`` (Caffe inputs, a list of
+    outputs in training mode), ``pretrained`` the path of DeepLab's COCO-trained ResNet-101
+    (``init_from_coco``) or None; ``blocks``: its depth (ResNet-101's unless given)."""
+    if arch == deeplabv2.ARCH:
+        net = deeplabv2.deeplabv2_resnet101(num_classes, blocks or deeplabv2.RESNET101_BLOCKS)
+        if pretrained is not None:
+            deeplabv2.init_from_coco(net, pretrained)
+        return net
     if arch not in ARCHS:
-        raise ValueError(f"unknown segmentation arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        raise ValueError(f"unknown segmentation arch {arch!r}; choose one of {', '.join(ARCH_NAMES)}")
     builder, imagenet = ARCHS[arch]
     backbone_weights = imagenet if pretrained == "imagenet" else None
     kwargs = {} if arch.startswith("lraspp") else {"aux_loss": False}

@@ -256,27 +256,38 @@ class TrainingRun:
         amp: str | None = None,
         channels_last: bool = False,
         before_step: Callable[[int], object] | None = None,
+        accumulation: int = 1,
     ) -> dict[str, float]:
         """One pass over this process's share of the data; returns the means of the loss
         parts over it (this process's). ``before_step(step)``, when given, runs before each
-        batch (e.g. a per-step learning-rate schedule); ``step`` counts from 0 in the epoch."""
+        optimizer step's first batch (e.g. a per-step learning-rate schedule); ``step``
+        counts the steps from 0 in the epoch. ``accumulation`` k: each step takes the
+        gradients of k batches, each loss divided by k (a batch k times larger, for a loss
+        that is a mean over its batch, where nothing else mixes the images: no training-mode
+        BatchNorm); the batches after the epoch's last full group of k are left out."""
         model.train()
         meters: dict[str, Average] = {}
         progress = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=None if self.progress else True)
         layout = memory_format(channels_last)
-        for step, (images, labels, _) in enumerate(progress):
-            if before_step is not None:
-                before_step(step)
+        steps = len(loader) // accumulation
+        for batch, (images, labels, _) in enumerate(progress):
+            step, part = divmod(batch, accumulation)
+            if step == steps:
+                break
+            if part == 0:
+                if before_step is not None:
+                    before_step(step)
+                optimizer.zero_grad(set_to_none=True)
             images = images.to(self.device, non_blocking=True, memory_format=layout)
             labels = labels.to(self.device, non_blocking=True)
             with autocast(self.device, amp):
-                loss, parts = compute_loss(model, images, labels, step)
+                loss, parts = compute_loss(model, images, labels, batch)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            scaler.scale(loss / accumulation).backward()
+            if part == accumulation - 1:
+                scaler.step(optimizer)
+                scaler.update()
             for name, value in parts.items():
                 meters.setdefault(name, Average()).update(value.item(), len(labels))
         return {name: meter.mean for name, meter in meters.items()}
@@ -351,13 +362,21 @@ class PolySchedule:
     """The poly learning rate of the WSSS nets' original optimizers, set before every step:
     base_lr x (1 - step / max_step) ** power at the run's step ``step`` (``set_poly_lr``),
     the steps counted over the epochs of ``steps_per_epoch`` steps. Computed from the
-    epoch and step alone, so a resumed run gets the same rates."""
+    epoch and step alone, so a resumed run gets the same rates. ``every``: the rate changes
+    every that many steps only (DeepLabv2's Caffe recipe: 10), each step taking the rate of
+    the last multiple of ``every``."""
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, base_lr: float, max_step: int, power: float, steps_per_epoch: int
+        self,
+        optimizer: torch.optim.Optimizer,
+        base_lr: float,
+        max_step: int,
+        power: float,
+        steps_per_epoch: int,
+        every: int = 1,
     ) -> None:
         self.optimizer, self.base_lr, self.max_step, self.power = optimizer, base_lr, max_step, power
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch, self.every = steps_per_epoch, every
         self.lr = base_lr  # the base group's rate of the last step
 
     def before_step(self, epoch: int) -> Callable[[int], float]:
@@ -367,7 +386,7 @@ class PolySchedule:
         return lambda step: self._set(first_step + step)
 
     def _set(self, step: int) -> float:
-        self.lr = set_poly_lr(self.optimizer, self.base_lr, step, self.max_step, self.power)
+        self.lr = set_poly_lr(self.optimizer, self.base_lr, step - step % self.every, self.max_step, self.power)
         return self.lr
 
 

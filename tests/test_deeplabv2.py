@@ -15,6 +15,7 @@ from torch import nn
 
 from bas.errors import CheckpointError
 from bas.optim import set_poly_lr
+from bas.training import TrainingRun
 from WSSS import datasets, deeplabv2, run_sample
 from WSSS.datasets.transforms import to_tensor
 from WSSS.segmentation import load_segmentation_model
@@ -214,3 +215,34 @@ def test_eval_seg_runs_a_reference_file_end_to_end(tmp_path):
     for sample in datasets.voc_images(root, "val"):
         with Image.open(tmp_path / "seg" / f"{sample.image_id}.png") as png:
             assert png.size == Image.open(sample.path).size
+
+
+# ------------------------------------------------------------------- gradient accumulation
+def test_two_accumulated_batches_are_one_step_of_their_union(tmp_path):
+    """TrainingRun.train_one_epoch with accumulation 2 over batches of 2 leaves a linear
+    model (no BatchNorm) where one batch of 4 per step leaves it; the schedule runs once per
+    step, and a last batch without its partner is left out."""
+    torch.manual_seed(0)
+    images, labels = torch.randn(9, 3), torch.randn(9, 1)
+
+    def loss_parts(net, x, y, batch):
+        return F.mse_loss(net(x), y), {}
+
+    start = nn.Linear(3, 1)
+    finished = []
+    for batch, accumulation in ((4, 1), (2, 2)):
+        model = copy.deepcopy(start)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        loader = [(images[i : i + batch], labels[i : i + batch], None) for i in range(0, 9 - 9 % batch, batch)]
+        if accumulation == 2:
+            loader.append((images[8:], labels[8:], None))  # 5 batches: 2 steps, the last batch left out
+        run = TrainingRun(tmp_path / str(batch), "test-run", batch, 0, "cpu", progress=False)
+        steps = []
+        run.train_one_epoch(
+            model, loader, optimizer, run.scaler(None), loss_parts, 0, 1, before_step=steps.append,
+            accumulation=accumulation,
+        )  # fmt: skip
+        assert steps == [0, 1]
+        finished.append(model)
+    for one, accumulated in zip(*(m.parameters() for m in finished)):
+        torch.testing.assert_close(accumulated, one)

@@ -18,7 +18,7 @@ from torch import nn
 
 from bas.errors import ArgumentError, CheckpointError, DatasetError, OutputError
 from bas.outputs import read_marker
-from WSSS import datasets, run_sample
+from WSSS import datasets, deeplabv2, run_sample
 from WSSS.crf import crf_refine
 from WSSS.segmentation import build_segmentation_model, load_segmentation_model, predict
 from WSSS.steps import eval_sem_seg, train_seg
@@ -129,6 +129,11 @@ def test_the_default_run_is_the_presets_steps_in_whole_epochs():
     for dataset, images, epochs in (("voc", 10_582, 46), ("synthetic", 800, 3), ("synthetic", 100, 25)):
         args.dataset = dataset
         assert train_seg.settings(args, images)["num_epoches"] == epochs  # 30k steps of 16; the demo's 150
+    args.dataset, args.seg_arch, args.seg_init = "voc", "deeplabv2_resnet101", "coco.pth"  # 20k steps of 5 x 2
+    chosen = train_seg.settings(args, 10_582)
+    assert (chosen["num_epoches"], chosen["crop_size"], chosen["batch_size"], chosen["accumulation"]) == (19, 321, 5, 2)
+    assert (chosen["weight_decay"], chosen["scale_range"], chosen["pretrained"]) == (5e-4, [0.5, 1.5], "coco.pth")
+    args.seg_arch, args.seg_init = None, None
     args.seg_num_epoches = 2
     assert train_seg.settings(args, 100)["num_epoches"] == 2
     args.seg_batch_size = 1
@@ -212,3 +217,43 @@ def test_a_missing_pseudo_mask_stops_train_seg_before_any_work(trained, tmp_path
     with pytest.raises(DatasetError, match="^" + re.escape(message)):
         run_sample.main(argv)
     assert not (tmp_path / "sess").exists()
+
+
+# ------------------------------------------------------------------------------ DeepLabv2
+def test_deeplabv2_trains_with_its_recipe_and_eval_seg_reads_its_file(trained, tmp_path):
+    """A one-block-a-layer DeepLabv2 (the hidden --seg_blocks) from a COCO-style file with
+    BatchNorm statistics of its own: two steps of 2 x 2 images on the tiny set. BatchNorm
+    keeps the file's statistics, the ASPP's biases train at 20x the rate without weight decay,
+    the weights are the bare state dict of deeplab-pytorch's layout, which eval_seg reads."""
+    torch.manual_seed(0)
+    coco = deeplabv2.deeplabv2_resnet101(91, (1, 1, 1, 1)).base
+    with torch.no_grad():
+        for module in coco.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-1, 1), module.running_var.uniform_(0.5, 2)
+    torch.save(coco.state_dict(), tmp_path / "coco.pth")
+    weights = tmp_path / "sess" / "deeplabv2.pth"
+    argv = ["--voc12_root", str(trained.root), "--num_workers", "0", "--no_progress"]
+    argv += ["--sem_seg_out_dir", str(trained.root / "SegmentationClassAug")]
+    argv += ["--seg_arch", "deeplabv2_resnet101", "--seg_blocks", "1", "1", "1", "1", "--seg_crop_size", "33"]
+    argv += ["--seg_batch_size", "2", "--seg_num_epoches", "1", "--seg_weights_name", str(weights)]
+    argv += ["--seg_out_dir", str(tmp_path / "seg"), "--seg_scales", "1"]
+    with pytest.raises(ArgumentError, match="deeplabv2_resnet101 on voc needs --seg_init"):
+        run_sample.main([*argv, "--stages", "train_seg"])
+    run_sample.main([*argv, "--seg_init", str(tmp_path / "coco.pth"), "--stages", "train_seg", "eval_seg"])
+
+    state = torch.load(weights, weights_only=True)
+    assert deeplabv2.is_layout(state) and state["base.aspp.c0.weight"].shape[0] == 5
+    for key, value in coco.state_dict().items():
+        if "bn." in key:  # statistics and affine parameters as the file's
+            assert torch.equal(state[f"base.{key}"], value), key
+    assert not torch.equal(state["base.layer2.block1.reduce.conv.weight"], coco.layer2.block1.reduce.conv.weight)
+    last = torch.load(tmp_path / "sess" / "deeplabv2_last.pth", weights_only=True)
+    groups = last["optimizer"]["param_groups"]
+    assert [(g["lr_multiplier"], g["weight_decay"]) for g in groups] == [(1, 5e-4), (10, 5e-4), (20, 0.0)]
+    assert [g["lr"] for g in groups] == [2.5e-4, 2.5e-3, 5e-3]  # poly changes the rate every 10 steps only
+    assert last["settings"]["accumulation"] == 2 and last["epoch"] == 1
+    report = json.loads((tmp_path / "seg_eval" / "eval_sem_seg_val.json").read_text())
+    assert report["images"] == 3
+    model, info = load_segmentation_model(weights, torch.device("cpu"))
+    assert info["arch"] == "deeplabv2_resnet101" and info["num_classes"] == 5 and not model.training
