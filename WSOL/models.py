@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from bas.amc import GeneratorOutput, activation_map_constraint, global_average, mean_class_map, pick
-from bas.backbones import Backbone, build_backbone, load_imagenet_weights
+from bas.backbones import Backbone, CutNet, build_backbone, load_imagenet_weights
 from bas.checkpoints import Checkpoint, load_state_dict_checked, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -29,16 +29,11 @@ def _conv(inp: int, out: int, kernel: int) -> nn.Conv2d:
     return nn.Conv2d(inp, out, kernel, padding=kernel // 2)
 
 
-class Generator(nn.Module):
+class Generator(CutNet):
     """Backbone + ``classifier_cls``: what BAS and the CAM baseline share."""
 
     def __init__(self, arch: str, backbone: Backbone, num_classes: int) -> None:
-        super().__init__()
-        self.arch = arch
-        self.num_classes = num_classes
-        self.translate_key = backbone.translate_key
-        self.head = backbone.head
-        self.tail = backbone.tail
+        super().__init__(arch, backbone, num_classes)
         width = backbone.classifier_width
         self.classifier_cls = nn.Sequential(
             _conv(backbone.tail_channels, width, 3),

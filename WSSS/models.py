@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bas.amc import GeneratorOutput, activation_map_constraint, bas_loss, pick
-from bas.backbones import Backbone, load_imagenet_weights, resnet50, tiny
+from bas.backbones import Backbone, CutNet, load_imagenet_weights, resnet50, tiny
 from bas.checkpoints import Checkpoint, load_state_dict_checked, read_checkpoint
 from bas.errors import CheckpointError
 
@@ -74,16 +74,11 @@ def _xavier_init(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class MultiLabelNet(nn.Module):
+class MultiLabelNet(CutNet):
     """Backbone + ``classifier_cls`` (1x1, no bias): what the BAS net and the CAM net share."""
 
     def __init__(self, arch: str, backbone: Backbone, num_classes: int) -> None:
-        super().__init__()
-        self.arch = arch
-        self.num_classes = num_classes
-        self.translate_key = backbone.translate_key
-        self.head = backbone.head
-        self.tail = backbone.tail
+        super().__init__(arch, backbone, num_classes)
         self.classifier_cls = nn.Conv2d(backbone.tail_channels, num_classes, 1, bias=False)
 
 

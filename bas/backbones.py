@@ -51,6 +51,20 @@ class Backbone:
     classifier_width: int = 1024  # hidden channels of classifier_cls
 
 
+class CutNet(nn.Module):
+    """A net on a backbone cut at the tap: ``head`` up to it, ``tail`` after it, for
+    ``num_classes``. What every net whose maps the AMC constrains (WSOL's generators, WSSS's
+    BAS and CAM nets) shares; each adds its own ``classifier_cls``."""
+
+    def __init__(self, arch: str, backbone: Backbone, num_classes: int) -> None:
+        super().__init__()
+        self.arch = arch
+        self.num_classes = num_classes
+        self.translate_key = backbone.translate_key
+        self.head = backbone.head
+        self.tail = backbone.tail
+
+
 # ----------------------------------------------------------------------------- VGG16
 # torchvision vgg16().features indices of conv1_1 .. conv5_3, in order.
 VGG_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
