@@ -212,7 +212,7 @@ def initialization(args: argparse.Namespace, preset: Preset, dataset: str) -> st
     real dataset."""
     if preset.arch != deeplabv2.ARCH:
         if args.seg_init is not None:
-            raise ArgumentError(f"--seg_init is DeepLabv2's; {preset.arch} starts from --seg_pretrained")
+            raise ArgumentError(f"--seg_init is DeepLabv2's; {args.seg_arch or preset.arch} starts from --seg_pretrained")
         chosen = preset.pretrained if args.seg_pretrained is None else args.seg_pretrained
         return None if chosen == "none" else chosen
     if args.seg_pretrained is not None:
