@@ -85,11 +85,13 @@ class PathIndex:
     ``src`` (N): the source pixels, row-major; ``dst`` (D x N): the partner of each source in
     each direction ``directions[k]`` = (dy, dx); ``paths``: one LongTensor per path length L,
     n_L x L x N, the pixels on the path of each pair (directions in the order of ``dst``; on
-    each path the farthest pixels from the source first, ties row-major: the order of the
-    ``path_indices`` IRN's files store). ``to(device)`` moves the indices.
+    each path the pixels row-major, or with ``irn_order`` the farthest from the source first,
+    ties row-major: the order of the ``path_indices`` IRN's files store. The affinity is the
+    same either way; its gradient sums in another order, so training differs in the last
+    bits). ``to(device)`` moves the indices.
     """
 
-    def __init__(self, radius: int, size: tuple[int, int]) -> None:
+    def __init__(self, radius: int, size: tuple[int, int], irn_order: bool = False) -> None:
         height, width = size
         self.radius, self.size = radius, (height, width)
         floor = radius - 1
@@ -104,11 +106,12 @@ class PathIndex:
 
         self.src = flat(0, 0)
         self.dst = torch.stack([flat(dy, dx) for dy, dx in self.directions])  # D x N
+        pixels = farthest_first if irn_order else (lambda d: path(*d))  # a direction's path, in order
         by_length: dict[int, list[tuple[int, int]]] = {}  # the directions come shortest path first
         for d in self.directions:
             by_length.setdefault(len(path(*d)), []).append(d)
         self.paths = [
-            torch.stack([torch.stack([flat(*p) for p in farthest_first(d)]) for d in group])
+            torch.stack([torch.stack([flat(*p) for p in pixels(d)]) for d in group])
             for group in by_length.values()
         ]  # per length n: n_dirs x n x N
 
@@ -376,7 +379,7 @@ def irn_names(key: str) -> list[str]:
 
 def irn_pair_buffers(crop_size: int, radius: int) -> dict[str, torch.Tensor]:
     """IRN's training pairs of a square crop, as its files store them."""
-    pairs = PathIndex(radius, (crop_size // OUTPUT_STRIDE, crop_size // OUTPUT_STRIDE))
+    pairs = PathIndex(radius, (crop_size // OUTPUT_STRIDE, crop_size // OUTPUT_STRIDE), irn_order=True)
     buffers = {f"path_indices{k}": paths for k, paths in enumerate(pairs.paths)}
     return {**buffers, "disp_target": pairs.offset_target()}
 
