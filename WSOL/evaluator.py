@@ -24,7 +24,7 @@ from PIL import Image
 
 from bas.distributed import finish_distributed, gather_objects, init_distributed
 from bas.errors import ArgumentError, OutputError, require_unit_interval, run_main
-from bas.outputs import check_writable, claim, input_stamp, read_marker, write_text_atomic
+from bas.outputs import check_writable, claim, differing_record, input_stamp, read_marker, write_text_atomic
 from bas.viz import overlay, save_rgb
 from WSOL import metrics
 from WSOL.cli import (
@@ -179,11 +179,8 @@ def check_maps_folder(folder: Path, made_of: dict) -> None:
     """--save-maps adds maps only to a folder of maps made as these are: an interrupted run
     into another model's maps would leave a mixture that --maps scores as one model."""
     check_writable(folder, MAPS_KIND, "Choose another --save-maps folder.")
-    marker = read_marker(folder)  # None, or a maps folder's
-    if marker is None:
-        return
-    recorded = {key: marker.get(key) for key in made_of}
-    if recorded != json.loads(json.dumps(made_of)):
+    recorded = differing_record(folder, made_of)
+    if recorded is not None:
         raise OutputError(
             f"{folder} holds maps of {_maps_origin(recorded)}, not of {_maps_origin(made_of)}; "
             "choose another --save-maps or remove it"

@@ -43,7 +43,7 @@ from bas.amc import global_average
 from bas.devices import autocast
 from bas.distributed import finish_distributed, first_on_rank_zero, gather_objects, init_distributed
 from bas.errors import ArgumentError, DatasetError, OutputError, run_main
-from bas.outputs import check_writable, claim, input_stamp, read_marker, replace_atomic, write_text_atomic
+from bas.outputs import check_writable, claim, differing_record, input_stamp, replace_atomic, write_text_atomic
 from WSOL import metrics
 from WSOL.cli import check_evaluation_args, evaluation_parser, load_samples, model_for_evaluation
 from WSOL.datasets import Sample, test_transform
@@ -346,11 +346,11 @@ def check_folder(folder: Path, made_of: dict) -> None:
     """Curves are added only to a folder of curves made the same way: a resumed run of other
     weights or settings would mix two experiments in one figure."""
     check_writable(folder, MOTIVATION_KIND, "Choose another --output-dir.")
-    marker = read_marker(folder)
-    if marker is not None and {key: marker.get(key) for key in made_of} != json.loads(json.dumps(made_of)):
+    recorded = differing_record(folder, made_of)
+    if recorded is not None:
         raise OutputError(
-            f"{folder} holds curves of other checkpoints or settings ({marker.get('networks')}, "
-            f"{marker.get('settings')}); choose another --output-dir or remove it"
+            f"{folder} holds curves of other checkpoints or settings ({recorded.get('networks')}, "
+            f"{recorded.get('settings')}); choose another --output-dir or remove it"
         )
 
 

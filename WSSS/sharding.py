@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from bas.distributed import gather_objects
 from bas.errors import OutputError, UserError
-from bas.outputs import claim, read_marker
+from bas.outputs import check_writable, claim, differing_record
 
 
 def claim_output(folder: Path, kind: str, rank: int, hint: str = "", settings: dict | None = None) -> None:
@@ -31,10 +31,12 @@ def claim_output(folder: Path, kind: str, rank: int, hint: str = "", settings: d
         settings = json.loads(json.dumps(settings, default=str))
     if rank == 0:
         try:
-            marker = read_marker(folder) or {}
-            recorded = marker.get("settings") if marker.get("kind") == kind else None
-            if settings is not None and recorded is not None and recorded != settings:
-                raise OutputError(f"{folder} holds files made with {recorded}, not {settings}: remove it or {hint}")
+            check_writable(folder, kind, hint)
+            recorded = differing_record(folder, {"settings": settings}) if settings is not None else None
+            if recorded is not None and recorded["settings"] is not None:  # a marker of none: an older folder
+                raise OutputError(
+                    f"{folder} holds files made with {recorded['settings']}, not {settings}: remove it or {hint}"
+                )
             claim(folder, kind, hint, **({} if settings is None else {"settings": settings}))
         except UserError as caught:
             error = caught

@@ -107,7 +107,8 @@ def _writer() -> dict:
     """Who writes: this process, and the distributed job it belongs to, whose processes
     (torchrun's ranks) write their shares of one folder together."""
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        run, address, port = (os.environ.get(name, "") for name in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT"))
+        names = ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT")
+        run, address, port = (os.environ.get(name, "") for name in names)
         job = f"job {run}@{address}:{port}"
     else:
         job = f"process {os.getpid()}"
@@ -205,6 +206,18 @@ def input_stamp(path: str | Path) -> dict:
     path = Path(path)
     status = path.stat()
     return {"name": path.name, "bytes": status.st_size, "written": status.st_mtime_ns}
+
+
+def differing_record(folder: str | Path, details: dict) -> dict | None:
+    """What the marker of ``folder`` records under the keys of ``details``, where that
+    differs from ``details`` as a marker holds them (JSON's lists, numbers and strings); None
+    when the folder has no marker or records the same. Outputs made otherwise are never
+    added to a folder's files: a mixture would pass for one run's."""
+    marker = read_marker(folder)
+    if marker is None:
+        return None
+    recorded = {key: marker.get(key) for key in details}
+    return None if recorded == json.loads(json.dumps(details, default=str)) else recorded
 
 
 def recorded_settings(folder: str | Path) -> dict | None:
