@@ -40,8 +40,11 @@ def read_marker(folder: str | Path) -> dict | None:
 
 
 def _entries(folder: Path) -> list[str]:
-    """What ``folder`` holds, less a writer's lock (``hold``), which alone leaves it empty."""
-    return sorted(entry.name for entry in folder.iterdir() if not entry.name.startswith(LOCK))
+    """What ``folder`` holds, less a writer's lock (``hold``) and a marker on its way (the
+    temporary file ``replace_atomic`` renames into place, while another process of the same
+    run claims the folder): either alone leaves it empty."""
+    ours = (LOCK, f".{MARKER}.")
+    return sorted(entry.name for entry in folder.iterdir() if not entry.name.startswith(ours))
 
 
 def _describe(entries: list[str]) -> str:

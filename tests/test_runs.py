@@ -117,6 +117,9 @@ def test_a_hold_ends_with_its_process_and_leaves_no_empty_folder(tmp_path):
     hold(folder)
     assert (folder / LOCK).is_file()
     assert check_writable(folder, "any kind") == folder  # its own lock alone leaves a folder empty
+    (folder / f".{outputs.MARKER}.x1y2.tmp").write_text("{}")  # a marker being written by another rank
+    assert check_writable(folder, "any kind") == folder
+    (folder / f".{outputs.MARKER}.x1y2.tmp").unlink()
     release(folder)
     assert not (tmp_path / "made").exists()
     kept = claim(tmp_path / "kept", "k")
