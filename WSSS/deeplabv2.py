@@ -27,8 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from bas.checkpoints import load_state_dict_checked, load_torch_file
@@ -62,7 +65,6 @@ class Recipe:
     crop: int = 321
     scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)  # one drawn per image, not a range
     flip: bool = True
-    test_size: int = 513  # Caffe's DeepLab pads each test image to 513 x 513 (VOC's are at most 500 px)
     init: str = "deeplabv1_resnet101-coco.pth"  # DeepLab's COCO-trained Caffe model, converted
 
     def poly_step(self, step: int) -> int:
@@ -273,6 +275,40 @@ def param_groups(model: DeepLabV2MSC, lr: float = RECIPE.lr, weight_decay: float
 def sgd(model: DeepLabV2MSC, recipe: Recipe = RECIPE) -> torch.optim.SGD:
     """SGD with momentum (not Nesterov) over ``param_groups``."""
     return torch.optim.SGD(param_groups(model, recipe.lr, recipe.weight_decay), lr=recipe.lr, momentum=recipe.momentum)
+
+
+class TrainCrop:
+    """(PIL image, H x W labels) -> (3 x crop x crop image, ImageNet-normalized as the
+    project's tensors; crop x crop uint8 labels): the reference's augmentation, in its order.
+    Both rescaled by one of ``scales`` (to int(side x scale); the image bilinear as OpenCV, in
+    float, the labels nearest as PIL), padded at the bottom and right up to the crop (the image
+    with DeepLab's mean colour, which ``caffe_input`` turns into 0; the labels with ``IGNORE``),
+    cropped at one random place, flipped or not. Random draws come from torch's generator
+    (``bas.sampling.SeededItems``)."""
+
+    def __init__(self, crop: int = RECIPE.crop, scales: Sequence[float] = RECIPE.scales, flip: bool = RECIPE.flip):
+        self.crop, self.scales, self.flip = crop, tuple(scales), flip
+
+    def __call__(self, image: Image.Image, labels: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = self.scales[int(torch.randint(len(self.scales), ()))]
+        width, height = (int(side * scale) for side in image.size)
+        rgb = cv2.resize(np.asarray(image, dtype=np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+        mask = np.asarray(labels.resize((width, height), Image.NEAREST))  # H x W
+        padded_h, padded_w = max(height, self.crop), max(width, self.crop)
+        canvas = np.empty((padded_h, padded_w, 3), np.float32)
+        canvas[...] = MEAN_BGR[::-1]
+        canvas[:height, :width] = rgb
+        label_canvas = np.full((padded_h, padded_w), IGNORE, np.uint8)
+        label_canvas[:height, :width] = mask
+        top = int(torch.randint(padded_h - self.crop + 1, ()))
+        left = int(torch.randint(padded_w - self.crop + 1, ()))
+        inside = (slice(top, top + self.crop), slice(left, left + self.crop))
+        rgb, mask = torch.from_numpy(canvas[inside]).permute(2, 0, 1), torch.from_numpy(label_canvas[inside])
+        if self.flip and bool(torch.randint(2, ())):
+            rgb, mask = rgb.flip(-1), mask.flip(-1)
+        mean = rgb.new_tensor(IMAGENET_MEAN)[:, None, None]
+        std = rgb.new_tensor(IMAGENET_STD)[:, None, None]
+        return (rgb / 255 - mean) / std, mask.contiguous()  # 3 x crop x crop, crop x crop
 
 
 def resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -95,6 +95,18 @@ def test_the_mirror_image_is_flipped_back():
     assert torch.allclose(probs.sum(0), torch.ones(8, 12))
 
 
+def test_without_flip_the_mirror_images_are_left_out():
+    model, image = Ramp(), torch.randn(3, 8, 12)
+    scaled = pairs(image, [(8, 12), (4, 6)])
+    probs = predict(model, scaled, (8, 12), flip=False)
+    each = [
+        F.interpolate(model(pair[:1])["out"], (8, 12), mode="bilinear", align_corners=False).softmax(1)[0]
+        for pair in scaled
+    ]
+    torch.testing.assert_close(probs, (each[0] + each[1]) / 2)
+    assert not torch.allclose(probs, predict(model, scaled, (8, 12)))
+
+
 def test_crf_relabels_the_unsure_pixels_that_differ_from_their_colour_and_gives_probabilities():
     """A dark half (class 0) and a bright half (class 1). Two unsure pixels lean 0.6 to the
     other half's class and the CRF gives them their colour's; a dark pixel in the bright half
@@ -132,7 +144,11 @@ def test_the_default_run_is_the_presets_steps_in_whole_epochs():
     args.dataset, args.seg_arch, args.seg_init = "voc", "deeplabv2_resnet101", "coco.pth"  # 20k steps of 5 x 2
     chosen = train_seg.settings(args, 10_582)
     assert (chosen["num_epoches"], chosen["crop_size"], chosen["batch_size"], chosen["accumulation"]) == (19, 321, 5, 2)
-    assert (chosen["weight_decay"], chosen["scale_range"], chosen["pretrained"]) == (5e-4, [0.5, 1.5], "coco.pth")
+    assert (chosen["weight_decay"], chosen["scale_range"], chosen["pretrained"]) == (5e-4, None, "coco.pth")
+    args.seg_scale_range = [0.5, 2.0]  # DeepLabv2 draws among the reference's five scales, not in a range
+    with pytest.raises(ArgumentError, match="--seg_scale_range is for torchvision's nets"):
+        train_seg.settings(args, 10_582)
+    args.seg_scale_range = None
     args.seg_arch, args.seg_init = None, None
     args.seg_num_epoches = 2
     assert train_seg.settings(args, 100)["num_epoches"] == 2

@@ -31,10 +31,9 @@ ResNet-101 (``--seg_init``), BatchNorm frozen at it; Caffe inputs; SGD with mome
 decay 5e-4, lr 2.5e-4 for the backbone, 10x for the ASPP's weights, 20x and no decay for its
 biases; poly (0.9) changed every 10 steps; steps of 10 images as 2 passes of 5 (gradients
 accumulated); the cross entropy of the four MSC outputs; 20k steps rounded up to whole epochs
-(19 epochs of train_aug). Crops of 321, flipped; one difference from the reference: the
-rescaling factor is drawn uniformly in 0.5..1.5 (the project's ``LabelledCrop``, the image
-bicubic) rather than among 0.5, 0.75, 1, 1.25, 1.5. Its weights file is the bare state dict in
-the reference's layout, which its code and eval_seg both read.
+(19 epochs of train_aug); the reference's augmentation (``WSSS.deeplabv2.TrainCrop``: one of
+the scales 0.5, 0.75, 1, 1.25, 1.5, crops of 321, flipped). Its weights file is the bare state
+dict in the reference's layout, which its code and eval_seg both read.
 """
 
 from __future__ import annotations
@@ -74,7 +73,7 @@ class Preset:
     learning_rate: float  # the backbone's; the head gets 10x
     pretrained: str | None  # the backbone's weights
     weight_decay: float = 1e-4
-    scale_range: tuple[float, float] = (0.5, 2.0)
+    scale_range: tuple[float, float] | None = (0.5, 2.0)  # drawn uniformly; None: DeepLabv2's scales
     accumulation: int = 1  # batches a step
     poly_every: int = 1  # steps between changes of the rate
 
@@ -91,7 +90,7 @@ PRESETS = {
     # DeepLabv2 on any dataset: deeplab-pytorch's VOC recipe, from --seg_init.
     deeplabv2.ARCH: Preset(
         deeplabv2.ARCH, RECIPE.crop, RECIPE.batch, RECIPE.iterations, RECIPE.lr, None, RECIPE.weight_decay,
-        (min(RECIPE.scales), max(RECIPE.scales)), RECIPE.accumulation, RECIPE.poly_every,
+        None, RECIPE.accumulation, RECIPE.poly_every,
     ),  # fmt: skip
 }
 
@@ -162,7 +161,8 @@ def add_arguments(parser: argparse.ArgumentParser, add) -> None:
         type=float,
         nargs=2,
         metavar=("MIN", "MAX"),
-        help="the random rescaling factor of training images (DeepLab's 0.5 2.0; DeepLabv2's 0.5 1.5)",
+        help="the random rescaling factor of torchvision's nets' training images (0.5 2.0); DeepLabv2 draws "
+        f"one of the reference's {' '.join(map(str, RECIPE.scales))}",
     )
     add(group, "seg_amp", choices=list(AMP_DTYPES), help="mixed precision on an accelerator (default fp32)")
 
@@ -198,12 +198,20 @@ def settings(args: argparse.Namespace, num_images: int) -> dict:
     for name, value in (("weight_decay", chosen["weight_decay"]), ("momentum", args.seg_momentum)):
         if value < 0:
             raise ArgumentError(f"--seg_{name} {value:g}: must be 0 or more")
-    low, high = chosen["scale_range"]
-    if not 0 < low <= high:
-        raise ArgumentError(f"--seg_scale_range {low:g} {high:g}: need 0 < MIN <= MAX")
+    if chosen["arch"] == deeplabv2.ARCH:
+        if args.seg_scale_range is not None:
+            raise ArgumentError(
+                f"--seg_scale_range is for torchvision's nets; {deeplabv2.ARCH} draws among {RECIPE.scales}"
+            )
+        chosen["scale_range"] = None
+    else:
+        low, high = chosen["scale_range"]
+        if not 0 < low <= high:
+            raise ArgumentError(f"--seg_scale_range {low:g} {high:g}: need 0 < MIN <= MAX")
+        chosen["scale_range"] = [low, high]
     seed = getattr(args, "seed", None) or 0
-    return {**chosen, "scale_range": [low, high], "poly_every": preset.poly_every, "momentum": args.seg_momentum,
-            "seed": seed, "amp": args.seg_amp, "images": num_images}  # fmt: skip
+    return {**chosen, "poly_every": preset.poly_every, "momentum": args.seg_momentum, "seed": seed,
+            "amp": args.seg_amp, "images": num_images}  # fmt: skip
 
 
 def initialization(args: argparse.Namespace, preset: Preset, dataset: str) -> str | None:
@@ -245,7 +253,11 @@ def run(args: argparse.Namespace) -> Path:
     data = datasets.pipeline_data(args)
     samples, classes = data.samples(args.seg_train_list or args.train_list), data.classes
     setup = settings(args, len(samples))
-    transform = LabelledCrop(setup["crop_size"], tuple(setup["scale_range"]))
+    is_v2 = setup["arch"] == deeplabv2.ARCH
+    if is_v2:
+        transform = deeplabv2.TrainCrop(setup["crop_size"])
+    else:
+        transform = LabelledCrop(setup["crop_size"], tuple(setup["scale_range"]))
     made_by = (
         "make them first (stage make_sem_seg_labels, --infer_list the training list) or point --sem_seg_out_dir "
         "at a folder of label PNGs"
@@ -259,7 +271,6 @@ def run(args: argparse.Namespace) -> Path:
     log.info("%d images, %d classes + background, %d steps an epoch", len(train_set), len(classes), len(loader))
 
     # ============ model, optimizer, schedule ============
-    is_v2 = setup["arch"] == deeplabv2.ARCH
     net = build_segmentation_model(setup["arch"], len(classes) + 1, setup["pretrained"], setup["blocks"])
     lr, epochs, accumulation = setup["learning_rate"], setup["num_epoches"], setup["accumulation"]
     if is_v2:  # BatchNorm kept at the initialization's; three groups (ASPP 10x, its biases 20x)
