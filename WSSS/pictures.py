@@ -21,7 +21,7 @@ from PIL import Image
 from bas.data import load_rgb
 from bas.outputs import claim
 from bas.viz import save_rgb, strip
-from WSSS import datasets
+from WSSS import datasets, deeplabv2
 from WSSS.reports import report_path
 from WSSS.seeds import read_seed, seed_path
 from WSSS.segmentation import load_segmentation_model, predict
@@ -76,7 +76,8 @@ def save_strips(args: argparse.Namespace, variants: dict[str, argparse.Namespace
     written = 0
     for nets, flags in variants.items():
         weights = Path(flags.seg_weights_name)
-        model = load_segmentation_model(weights, torch.device("cpu"))[0] if weights.is_file() else None
+        model, info = load_segmentation_model(weights, torch.device("cpu")) if weights.is_file() else (None, {})
+        flip = info.get("arch") != deeplabv2.ARCH  # as eval_seg predicts
         scaled = datasets.MultiScaleSet(samples, [1.0])
         threshold = scored_threshold(flags)  # the variant's report, read once
         for index, sample in enumerate(samples):
@@ -91,7 +92,7 @@ def save_strips(args: argparse.Namespace, variants: dict[str, argparse.Namespace
                     panels.append((caption, colour(labels)))
             if model is not None:
                 item = scaled[index]
-                panels.append(("segmentation", colour(predict(model, item.images, item.size).argmax(0).numpy())))
+                panels.append(("segmentation", colour(predict(model, item.images, item.size, flip).argmax(0).numpy())))
             panels.append(("ground truth", colour(masks.mask(sample.image_id))))
             save_rgb(out_dir / f"{sample.image_id}_{nets.replace('+', '_')}.png", strip(panels))
             written += 1

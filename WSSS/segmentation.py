@@ -110,20 +110,22 @@ def logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+def predict(model: nn.Module, images: Sequence[torch.Tensor], size: Sequence[int], flip: bool = True) -> torch.Tensor:
     """Class probabilities of one image from its scaled copies, each with its mirror image
     (``WSSS.datasets.MultiScaleSet``: per scale 2 x 3 x h x w): the softmax of the logits
-    resized to ``size`` (H, W), the mirror's flipped back, averaged over the 2 x S of them.
-    Returns C x H x W on the model's device; the model is put in eval mode."""
+    resized to ``size`` (H, W), the mirror's flipped back, averaged over the 2 x S of them
+    (over the S copies alone, without ``flip``). Returns C x H x W on the model's device; the
+    model is put in eval mode."""
     model.eval()
     device = next(model.parameters()).device
+    views = 2 if flip else 1
     total = None
     for pair in images:
-        scores = logits(model, pair.to(device))  # 2 x C x h x w
+        scores = logits(model, pair[:views].to(device))  # views x C x h x w
         probs = F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False).softmax(1)
-        summed = probs[0] + probs[1].flip(-1)  # C x H x W
+        summed = probs[0] + probs[1].flip(-1) if flip else probs[0]  # C x H x W
         total = summed if total is None else total + summed
-    return total / (2 * len(images))
+    return total / (views * len(images))
 
 
 def load_segmentation_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:

@@ -109,6 +109,47 @@ def test_caffe_input_is_bgr_0_255_minus_the_mean():
     torch.testing.assert_close(deeplabv2.caffe_input(image), expected, atol=1e-4, rtol=0)
 
 
+def test_train_crop_halves_by_block_means_and_pads_bottom_right_with_the_mean_and_ignore():
+    # A 4 x 6 image at scale 0.5 is 2 x 3: OpenCV's bilinear at half size is each 2 x 2 block's
+    # mean; the crop (4) is larger, so the picture sits top left, the rest DeepLab's mean colour.
+    rgb = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3) * 2
+    labels = np.arange(24, dtype=np.uint8).reshape(4, 6)
+    crop = deeplabv2.TrainCrop(crop=4, scales=(0.5,), flip=False)
+    image, mask = crop(Image.fromarray(rgb), Image.fromarray(labels))
+    caffe = deeplabv2.caffe_input(image[None])[0]  # 3 x 4 x 4, BGR minus the mean
+    blocks = rgb.astype(np.float64).reshape(2, 2, 3, 2, 3).mean(axis=(1, 3))  # 2 x 3 x RGB
+    expected = torch.zeros(3, 4, 4, dtype=torch.float64)
+    expected[:, :2, :3] = torch.from_numpy(blocks[..., ::-1].copy()).permute(2, 0, 1) - torch.tensor(
+        deeplabv2.MEAN_BGR, dtype=torch.float64
+    ).view(3, 1, 1)
+    torch.testing.assert_close(caffe.double(), expected, atol=2e-4, rtol=0)
+    assert mask.dtype == torch.uint8
+    assert mask[:2, :3].tolist() == labels[1::2, 1::2].tolist()  # PIL's nearest: the pixel under each centre
+    assert (mask[2:] == 255).all() and (mask[:, 3:] == 255).all()
+
+
+def test_train_crop_draws_one_of_the_five_scales_to_int_of_side_times_scale():
+    torch.manual_seed(0)
+    crop = deeplabv2.TrainCrop(crop=30, flip=False)  # larger than any rescaled 10 x 7 picture
+    image, labels = Image.new("RGB", (10, 7)), Image.fromarray(np.zeros((7, 10), np.uint8))
+    sizes = set()
+    for _ in range(100):
+        _, mask = crop(image, labels)
+        sizes.add((int((mask != 255).any(1).sum()), int((mask != 255).any(0).sum())))
+    assert sizes == {(int(7 * s), int(10 * s)) for s in (0.5, 0.75, 1.0, 1.25, 1.5)}  # (3, 5) ... (10, 15)
+
+
+def test_train_crop_cuts_and_flips_image_and_labels_alike():
+    torch.manual_seed(1)
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    labels = rgb[..., 0] // 16  # the labels are the image's red channel, coarsened
+    crop = deeplabv2.TrainCrop(crop=16, scales=(1.0,))
+    for _ in range(10):
+        image, mask = crop(Image.fromarray(rgb), Image.fromarray(labels))
+        red = deeplabv2.caffe_input(image[None])[0, 2] + deeplabv2.MEAN_BGR[2]
+        assert torch.equal(red.round().to(torch.uint8) // 16, mask)
+
+
 def test_param_groups_learning_rates_and_weight_decay(light_net):
     optimizer = deeplabv2.sgd(light_net)
     groups = optimizer.param_groups
@@ -203,18 +244,28 @@ def test_init_from_coco_refuses_a_file_without_the_backbone(tmp_path):
         deeplabv2.init_from_coco(deeplabv2.deeplabv2_resnet101(3, LIGHT), tmp_path / "coco.pth")
 
 
-def test_eval_seg_runs_a_reference_file_end_to_end(tmp_path):
+def test_eval_seg_scores_a_reference_file_as_deeplab_pytorch_tests_it(tmp_path):
+    """One pass over the image as it is (the MSC max inside the net), no mirror image, the
+    logits resized bilinearly to the image, their argmax: deeplab-pytorch's test."""
     root = make_synthetic_voc(tmp_path / "VOCdevkit", num_train_aug=2, num_train=1, num_val=2, seed=1) / "VOC2012"
     weights = tmp_path / "checkpoint_final.pth"
-    torch.save(deeplabv2.deeplabv2_resnet101(5, LIGHT).state_dict(), weights)
-    argv = ["--voc12_root", str(root), "--num_workers", "0", "--no_progress", "--seg_scales", "1"]
+    net = deeplabv2.deeplabv2_resnet101(5, LIGHT).eval()
+    torch.save(net.state_dict(), weights)
+    argv = ["--voc12_root", str(root), "--num_workers", "0", "--no_progress"]
     argv += ["--seg_weights_name", str(weights), "--seg_out_dir", str(tmp_path / "seg")]
     run_sample.main([*argv, "--stages", "eval_seg"])
     report = json.loads((tmp_path / "seg_eval" / "eval_sem_seg_val.json").read_text())
     assert report["images"] == 2
+    marker = json.loads((tmp_path / "seg" / ".bas-output.json").read_text())
+    assert (marker["settings"]["scales"], marker["settings"]["flip"]) == ([1.0], False)
     for sample in datasets.voc_images(root, "val"):
+        bgr = np.asarray(Image.open(sample.path).convert("RGB"), np.float32)[..., ::-1] - np.float32(deeplabv2.MEAN_BGR)
+        with torch.no_grad():
+            scores = net(torch.from_numpy(bgr.copy()).permute(2, 0, 1)[None])  # 1 x 5 x h/8 x w/8, eval: the max
+        by_hand = F.interpolate(scores, bgr.shape[:2], mode="bilinear", align_corners=False)[0].argmax(0)
         with Image.open(tmp_path / "seg" / f"{sample.image_id}.png") as png:
             assert png.size == Image.open(sample.path).size
+            assert (torch.from_numpy(np.array(png)).long() == by_hand).float().mean() > 0.999
 
 
 # ------------------------------------------------------------------- gradient accumulation

@@ -3,6 +3,8 @@ label PNGs, scored as eval_sem_seg scores any folder of labels.
 
 Each image of the list is predicted at ``--seg_scales`` with its mirror image (softmax
 averaged: ``WSSS.segmentation.predict``), refined by DeepLab's dense CRF with ``--seg_crf``,
+and its argmax written. A DeepLabv2 is scored as deeplab-pytorch tests it: one pass over the
+image as it is (the net fuses its 1, 0.75 and 0.5 rescales itself), no mirror image.
 and its argmax written to ``<seg_out_dir>/<id>.png``: index PNGs (0 background, c + 1 class
 c), grayscale by default (IRN-style readers, imageio, read only those as indices) or with
 VOC's colours (``--seg_palette voc``). Then eval_sem_seg scores the folder against the masks
@@ -30,7 +32,7 @@ import torch
 
 from bas.data import load_rgb
 from bas.errors import CheckpointError, require_positive
-from WSSS import datasets
+from WSSS import datasets, deeplabv2
 from WSSS.crf import crf_refine
 from WSSS.labels import PALETTES, save_label_png
 from WSSS.reports import label_report
@@ -41,7 +43,8 @@ log = logging.getLogger(__name__)
 
 OUTPUT_KIND = "wsss-seg-predictions"
 SERVER_FOLDER = Path("results/VOC2012/Segmentation/comp6_test_cls")  # the VOC server's layout
-SCALES = {"voc": (0.5, 0.75, 1.0, 1.25, 1.5), "synthetic": (0.75, 1.0, 1.25)}  # the demo: 83.6 mIoU, 81.4 at 1 alone
+# The demo: 83.6 mIoU, 81.4 at 1 alone. DeepLabv2's: one pass (its MSC is inside the net).
+SCALES = {"voc": (0.5, 0.75, 1.0, 1.25, 1.5), "synthetic": (0.75, 1.0, 1.25), deeplabv2.ARCH: (1.0,)}
 
 
 def add_arguments(parser: argparse.ArgumentParser, add) -> None:
@@ -58,8 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser, add) -> None:
         "seg_scales",
         type=float,
         nargs="+",
-        help=f"the scales each image is predicted at, with its mirror image (VOC: {' '.join(map(str, SCALES['voc']))}; "
-        f"the synthetic set: {' '.join(map(str, SCALES['synthetic']))})",
+        help=f"the scales each image is predicted at (VOC: {' '.join(map(str, SCALES['voc']))}; "
+        f"the synthetic set: {' '.join(map(str, SCALES['synthetic']))}; DeepLabv2: 1, as deeplab-pytorch tests it)",
+    )
+    add(
+        group,
+        "seg_flip",
+        action=argparse.BooleanOptionalAction,
+        help="add each scale's mirror image (default: yes, except for DeepLabv2, which deeplab-pytorch tests without)",
     )
     add(
         group,
@@ -89,6 +98,7 @@ def predict_folder(
     out_dir: Path,
     palette: str,
     crf_scale: float | None,
+    flip: bool = True,
     rank: int = 0,
     world: int = 1,
     workers: int = 0,
@@ -96,11 +106,12 @@ def predict_folder(
 ) -> int:
     """Writes ``<out_dir>/<id>.png`` of this process's share of ``images`` (every world-th)
     whose PNG is missing; returns how many PNGs all processes wrote (and waits for all).
-    ``crf_scale``: refined by DeepLab's CRF with its widths times this; None: no CRF."""
+    ``crf_scale``: refined by DeepLab's CRF with its widths times this; None: no CRF.
+    ``flip``: each scale with its mirror image."""
     mine = my_share(len(images), rank, world, lambda i: not (out_dir / f"{images.ids[i]}.png").exists())
     cuda = next(model.parameters()).device.type == "cuda"
     for index, item in each_item(images, mine, workers, "eval_seg", progress, pin_memory=cuda):
-        probs = predict(model, item.images, item.size)  # C x H x W
+        probs = predict(model, item.images, item.size, flip)  # C x H x W
         if crf_scale is not None:
             image = np.asarray(load_rgb(images.samples[index].path))  # H x W x 3
             labels = crf_refine(image, probs.cpu().numpy(), crf_scale).argmax(0)
@@ -113,9 +124,13 @@ def predict_folder(
 def run(args: argparse.Namespace) -> dict:
     """Predictions of ``args.val_list`` into ``args.seg_out_dir``, then their scores
     (eval_sem_seg's report), or on a test list the server's layout only ({"written": n})."""
-    scales = args.seg_scales or SCALES["synthetic" if getattr(args, "dataset", "voc") == "synthetic" else "voc"]
+    model, info = load_segmentation_model(args.seg_weights_name, args.device)
+    is_v2 = info["arch"] == deeplabv2.ARCH
+    kind = deeplabv2.ARCH if is_v2 else "synthetic" if getattr(args, "dataset", "voc") == "synthetic" else "voc"
+    scales = args.seg_scales or SCALES[kind]
     for scale in scales:
         require_positive("--seg_scales", scale)
+    flip = not is_v2 if args.seg_flip is None else args.seg_flip
     crf_scale = args.crf_scale if args.seg_crf else None  # None: no CRF
     if crf_scale is not None:
         require_positive("--crf_scale", crf_scale)
@@ -124,7 +139,6 @@ def run(args: argparse.Namespace) -> dict:
     folder = out_dir / SERVER_FOLDER if test else out_dir
     palette = "voc" if test else args.seg_palette
 
-    model, info = load_segmentation_model(args.seg_weights_name, args.device)
     data = datasets.pipeline_data(args)
     samples = data.images(args.val_list)
     if info["num_classes"] != len(data.classes) + 1:
@@ -134,7 +148,7 @@ def run(args: argparse.Namespace) -> dict:
             "classes and the background"
         )
     weights = Path(args.seg_weights_name).resolve()  # and when it was written: a net trained again is another net
-    settings = {"weights": str(weights), "written": weights.stat().st_mtime_ns, "scales": list(scales)}
+    settings = {"weights": str(weights), "written": weights.stat().st_mtime_ns, "scales": list(scales), "flip": flip}
     settings["crf"] = args.seg_crf
     if crf_scale is not None:
         settings["crf_scale"] = crf_scale
@@ -145,6 +159,7 @@ def run(args: argparse.Namespace) -> dict:
         folder,
         palette,
         crf_scale,
+        flip,
         args.rank,
         args.world,
         args.num_workers,
