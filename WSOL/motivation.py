@@ -7,6 +7,7 @@ the rest of the object unlearnt; suppressing background activation does not.
     python motivation.py                                               # the demo's BAS checkpoint
     python motivation.py --compare logs/Synthetic/tiny_cam/best_loc.pth   # and a CAM run, same images
     python motivation.py --root CUB --data-dir /data/CUB_200_2011 --arch resnet --checkpoint resnet_cub.pth.tar
+    python motivation.py --combine seed0/curves seed1/curves --output-dir seeds   # finished runs, one figure
 
 For each image and its ground-truth class, two sequences of foreground masks at the tap's
 resolution: "threshold", the network's map of the class (the one the evaluator scores),
@@ -20,7 +21,9 @@ inside the mask, in the center-crop frame.
 
 Writes to --output-dir (default: motivation_<split> beside the checkpoint): curves.jsonl,
 one line per image; motivation.png; summary.json and summary.txt. An interrupted run
-continues where it stopped when run again.
+continues where it stopped when run again; under torchrun each process measures its share.
+--combine draws finished runs of the same methods (e.g. trained at several seeds) in one
+figure, each run's mean as a thin line, with one summary over all their images.
 """
 
 from __future__ import annotations
@@ -43,7 +46,15 @@ from bas.amc import global_average
 from bas.devices import autocast
 from bas.distributed import finish_distributed, first_on_rank_zero, gather_objects, init_distributed
 from bas.errors import ArgumentError, DatasetError, OutputError, run_main
-from bas.outputs import check_writable, claim, differing_record, input_stamp, replace_atomic, write_text_atomic
+from bas.outputs import (
+    check_writable,
+    claim,
+    differing_record,
+    input_stamp,
+    read_marker,
+    replace_atomic,
+    write_text_atomic,
+)
 from WSOL import metrics
 from WSOL.cli import check_evaluation_args, evaluation_parser, load_samples, model_for_evaluation
 from WSOL.datasets import Sample, test_transform
@@ -53,11 +64,13 @@ from WSOL.models import Generator
 log = logging.getLogger("motivation")
 
 MOTIVATION_KIND = "WSOL motivation"
+COMBINED_KIND = "WSOL motivation, runs combined"
 CURVES = "curves.jsonl"
 # A share of the images in flight, one file per process, merged into CURVES at the end.
 PART = "curves-rank{}.jsonl"
-# CE has "fallen" once it is within this share of its range above its minimum.
-CE_FALLEN = 0.05
+# Where CE has fallen, read two ways: below this share of its value at the first mask, and
+# within this share of its range (first to lowest) above its lowest value.
+CE_SHARE = 0.05
 
 
 # ------------------------------------------------------------------------------ masks
@@ -224,26 +237,47 @@ def stacked(records: list[dict], network: int, protocol: str) -> dict[str, np.nd
     return {key: np.array([r["curves"][network][protocol][key] for r in records], dtype=np.float64) for key in keys}
 
 
+def first_step(condition: np.ndarray) -> np.ndarray:
+    """N x K bool -> N: the first step where ``condition`` holds, -1 where it never does."""
+    return np.where(condition.any(1), condition.argmax(1), -1)
+
+
 def turning_points(curves: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per image (N): the step where CE has fallen (min-max normalized CE first <=
-    CE_FALLEN) and the step where the activation peaks (its first maximum)."""
-    fallen = minmax(curves["ce"]) <= CE_FALLEN
-    return {"ce_fallen": fallen.argmax(1), "activation_peak": curves["activation"].argmax(1)}
+    """Per image (N), the first step where CE is <= CE_SHARE x its value at the first mask
+    (-1 where it never is: a CE already at its floor from the first mask never falls), where
+    its min-max normalized value is <= CE_SHARE (CE has made 95 % of its fall), and where the
+    activation peaks (its first maximum)."""
+    ce = curves["ce"]
+    return {
+        "ce_below_start": first_step(ce <= CE_SHARE * ce[:, :1]),
+        "ce_fallen": first_step(minmax(ce) <= CE_SHARE),
+        "activation_peak": curves["activation"].argmax(1),
+    }
+
+
+def median_share(shares: np.ndarray, steps: np.ndarray) -> float | None:
+    """Median over images of each image's share at its step; an image whose step is never
+    reached (-1) counts as beyond every share, so that the median is None ("never") once
+    half the images never reach it."""
+    values = np.where(steps >= 0, shares[np.arange(len(steps)), steps], np.inf)
+    median = float(np.nanmedian(values))
+    return None if np.isinf(median) else median
 
 
 def summarize(records: list[dict], names: list[str]) -> dict:
-    """Medians over images of the object and background shares at each turning point,
-    and of the CE at the first and last steps."""
-    summary = {"images": len(records), "ce_fallen": f"min-max normalized CE <= {CE_FALLEN}", "networks": {}}
+    """Medians over images of the object and background shares at each turning point, the
+    number of images whose CE falls below CE_SHARE of its start, and the median CE at the
+    first and last steps."""
+    summary = {"images": len(records), "ce_share": CE_SHARE, "networks": {}}
     for network, name in enumerate(names):
         per_protocol = {}
         for protocol in PROTOCOLS:
             curves = stacked(records, network, protocol)
-            rows = np.arange(len(records))
-            entry = {}
-            for point, steps in turning_points(curves).items():
+            points = turning_points(curves)
+            entry = {"ce_below_start_images": int((points["ce_below_start"] >= 0).sum())}
+            for point, steps in points.items():
                 for region in ("object", "background"):
-                    entry[f"{point}_{region}"] = float(np.nanmedian(curves[region][rows, steps]))
+                    entry[f"{point}_{region}"] = median_share(curves[region], steps)
             entry["ce_first"] = float(np.median(curves["ce"][:, 0]))
             entry["ce_last"] = float(np.median(curves["ce"][:, -1]))
             per_protocol[protocol] = entry
@@ -253,34 +287,49 @@ def summarize(records: list[dict], names: list[str]) -> dict:
 
 def summary_lines(summary: dict) -> list[str]:
     """One line per network and protocol."""
+
+    def at(s: dict, point: str) -> str:
+        shares = [s[f"{point}_{region}"] for region in ("object", "background")]
+        return "{} ({})".format(*("never" if v is None else f"{v:.2f}" for v in shares))
+
+    percent = f"{100 * summary['ce_share']:g} %"
+    images = f"{summary['images']} images" + (f" of {len(summary['runs'])} runs" if "runs" in summary else "")
     lines = []
     for name, per_protocol in summary["networks"].items():
         for protocol, s in per_protocol.items():
             lines.append(
-                f"{name}, {protocol} masks, {summary['images']} images (medians): CE has fallen at object "
-                f"coverage {s['ce_fallen_object']:.2f} (background {s['ce_fallen_background']:.2f}), activation "
-                f"peaks at object coverage {s['activation_peak_object']:.2f} (background "
-                f"{s['activation_peak_background']:.2f}); CE {s['ce_first']:.3g} -> {s['ce_last']:.3g}"
+                f"{name}, {protocol} masks, {images}: median share of the object (of the "
+                f"background) inside the mask where CE first <= {percent} of its value at the first mask: "
+                f"{at(s, 'ce_below_start')}, in {s['ce_below_start_images']} of {summary['images']} images; "
+                f"where CE has first made {100 - 100 * summary['ce_share']:g} % of its fall: {at(s, 'ce_fallen')}; "
+                f"where the activation peaks: {at(s, 'activation_peak')}; median CE {s['ce_first']:.3g} at the "
+                f"first mask, {s['ce_last']:.3g} at the last"
             )
     return lines
 
 
-def draw(records: list[dict], names: list[str], path: Path) -> None:
-    """Mean +- one standard deviation over images, at each step of each protocol, of the
-    min-max normalized CE (solid) and activation (dashed), against the mean object share
-    (left) and background share (right) at that step."""
+def draw(runs: list[list[dict]], names: list[str], path: Path) -> None:
+    """Mean +- one standard deviation over the images of all ``runs``, at each step of each
+    protocol, of the min-max normalized CE (solid) and activation (dashed), against the mean
+    object share (left) and background share (right) at that step; with several runs (the
+    same methods trained at several seeds), each run's mean as a thin line too."""
+    records = [record for run_records in runs for record in run_records]
     figure = Figure(figsize=(10, 7), layout="constrained")
     axes = figure.subplots(len(PROTOCOLS), 2, sharey=True)
     colors = ("tab:blue", "tab:orange", "tab:green")
     for row, protocol in zip(axes, PROTOCOLS):
         for network, name in enumerate(names):
+            color = colors[network % len(colors)]
             curves = stacked(records, network, protocol)
+            per_run = [stacked(run_records, network, protocol) for run_records in runs] if len(runs) > 1 else []
             for ax, region in zip(row, ("object", "background")):
                 x = np.nanmean(curves[region], 0)
                 for quantity, style in (("ce", "-"), ("activation", "--")):
+                    for run_curves in per_run:
+                        run_x, run_y = np.nanmean(run_curves[region], 0), minmax(run_curves[quantity]).mean(0)
+                        ax.plot(run_x, run_y, style, color=color, linewidth=0.7, alpha=0.7)
                     y = minmax(curves[quantity])
                     mean, spread = y.mean(0), y.std(0)
-                    color = colors[network % len(colors)]
                     ax.plot(x, mean, style, color=color, marker=".", label=f"{name}: {quantity}")
                     ax.fill_between(x, mean - spread, mean + spread, color=color, alpha=0.12, linewidth=0)
         for ax, region in zip(row, ("object", "background")):
@@ -290,7 +339,10 @@ def draw(records: list[dict], names: list[str], path: Path) -> None:
             ax.grid(alpha=0.3)
         row[0].set_ylabel("normalized value (min-max per image)")
     axes[0, 1].legend(fontsize="small", loc="center right")
-    figure.suptitle(f"{len(records)} images: mean ± 1 s.d. at each mask step")
+    title = f"{len(records)} images: mean ± 1 s.d. at each mask step"
+    if len(runs) > 1:
+        title = f"{len(records)} images of {len(runs)} runs: mean ± 1 s.d. at each mask step; thin: each run's mean"
+    figure.suptitle(title)
 
     def write(fd: int) -> None:
         with os.fdopen(fd, "wb") as f:
@@ -309,6 +361,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="a second network measured on the same images and drawn in the same figure (e.g. a CAM run)",
     )
     group.add_argument("--steps", type=int, default=21, help="masks per protocol (default: 21, t = 1, 0.95, .., 0)")
+    group.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        metavar="RUN",
+        help="instead of measuring, draw finished runs' output folders (the same methods, e.g. trained at several "
+        "seeds) in one figure, with one summary over all their images, into --output-dir",
+    )
     for action in parser._actions:
         if action.dest == "output_dir":
             action.help = "default: motivation_<split> beside the checkpoint"
@@ -323,6 +383,15 @@ def check_args(args: argparse.Namespace) -> None:
         raise ArgumentError(f"--topk {args.topk}: the experiment uses the map of the ground-truth class (top-1)")
     if args.steps < 2:
         raise ArgumentError(f"--steps {args.steps}: a curve needs at least 2 masks")
+    if args.combine and (args.checkpoint or args.compare):
+        raise ArgumentError("--combine draws runs already measured: it takes no --checkpoint or --compare")
+    if args.combine and args.output_dir is None:
+        raise ArgumentError("--combine needs --output-dir, the folder for the figure and summary")
+
+
+def distinct(names: list[str]) -> list[str]:
+    """The networks' names in a figure, numbered where two are the same."""
+    return [f"{name} #{i + 1}" for i, name in enumerate(names)] if len(set(names)) < len(names) else names
 
 
 def networks_for(args: argparse.Namespace, device: torch.device):
@@ -336,22 +405,30 @@ def networks_for(args: argparse.Namespace, device: torch.device):
         other = argparse.Namespace(**{**vars(args), **recorded})
         networks.append(model_for_evaluation(other, device)[0])
         made_of.append({"weights": input_stamp(args.compare), "method": other.method or "bas"})
-    names = [f"{m['method'].upper()} ({m['weights']['name']})" for m in made_of]
-    if len(set(names)) < len(names):
-        names = [f"{name} #{i + 1}" for i, name in enumerate(names)]
+    names = distinct([f"{m['method'].upper()} ({m['weights']['name']})" for m in made_of])
     return networks, names, values, made_of
 
 
-def check_folder(folder: Path, made_of: dict) -> None:
+def check_folder(folder: Path, kind: str, made_of: dict) -> None:
     """Curves are added only to a folder of curves made the same way: a resumed run of other
     weights or settings would mix two experiments in one figure."""
-    check_writable(folder, MOTIVATION_KIND, "Choose another --output-dir.")
+    check_writable(folder, kind, "Choose another --output-dir.")
     recorded = differing_record(folder, made_of)
     if recorded is not None:
         raise OutputError(
-            f"{folder} holds curves of other checkpoints or settings ({recorded.get('networks')}, "
-            f"{recorded.get('settings')}); choose another --output-dir or remove it"
+            f"{folder} holds curves made from other inputs or settings ({', '.join(map(str, recorded.values()))}); "
+            "choose another --output-dir or remove it"
         )
+
+
+def write_results(folder: Path, measured: list[list[dict]], names: list[str], **recorded) -> dict:
+    """The figure and the summary (with ``recorded`` added) of one or more runs' curves;
+    returns the summary."""
+    draw(measured, names, folder / "motivation.png")
+    summary = {**summarize([record for records in measured for record in records], names), **recorded}
+    write_text_atomic(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(folder / "summary.txt", "\n".join(summary_lines(summary)) + "\n")
+    return summary
 
 
 def run(args: argparse.Namespace, device: torch.device, rank: int = 0, world: int = 1) -> dict | None:
@@ -361,7 +438,7 @@ def run(args: argparse.Namespace, device: torch.device, rank: int = 0, world: in
     args.output_dir = args.output_dir or args.checkpoint.parent / f"motivation_{args.split}"
     settings = {"split": args.split, "steps": args.steps, "size": values.crop, "precision": args.amp or "fp32"}
     made_of = {"networks": stamps, "settings": settings}
-    check_folder(args.output_dir, made_of)
+    check_folder(args.output_dir, MOTIVATION_KIND, made_of)
     samples = [s for s in load_samples(args, args.split) if len(s.boxes) or s.mask_paths]
     if not samples:
         raise DatasetError(f"no {args.split} image of {args.root} has a box or a mask: the shares need them")
@@ -381,18 +458,57 @@ def run(args: argparse.Namespace, device: torch.device, rank: int = 0, world: in
     gather_objects(None)  # every share is written
     if rank > 0:
         return None
-    records = merge(folder, samples)
-    draw(records, names, folder / "motivation.png")
-    summary = summarize(records, names)
-    write_text_atomic(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_text_atomic(folder / "summary.txt", "\n".join(summary_lines(summary)) + "\n")
-    return summary
+    return write_results(folder, [merge(folder, samples)], names)
+
+
+def finished_run(folder: Path) -> tuple[list[dict], dict]:
+    """A finished run's curves and what its marker records of them."""
+    marker = read_marker(folder) or {}
+    if marker.get("kind") != MOTIVATION_KIND or not (folder / CURVES).is_file() or list(folder.glob(PART.format("*"))):
+        raise ArgumentError(
+            f"--combine: {folder} holds no finished motivation run (its {CURVES}, with no {PART.format('*')} left "
+            "to merge); run motivation.py into it to the end first"
+        )
+    return read_lines(folder / CURVES), marker
+
+
+def combine(folders: list[Path], output_dir: Path) -> dict:
+    """Finished runs of the same methods and settings (e.g. trained at several seeds) in one
+    figure, each run's mean drawn too, and one summary over all their images."""
+    runs = [finished_run(folder) for folder in folders]
+    first = runs[0][1]
+
+    def methods(marker: dict) -> str:
+        return ", ".join(network["method"].upper() for network in marker["networks"])
+
+    for folder, (_, marker) in zip(folders[1:], runs[1:]):
+        if methods(marker) != methods(first):
+            raise ArgumentError(
+                f"--combine: {folder} measured {methods(marker)}; {folders[0]} measured {methods(first)}: "
+                "only runs of the same methods, in the same order, are drawn as one"
+            )
+        if marker["settings"] != first["settings"]:
+            raise ArgumentError(
+                f"--combine: {folder} was measured with {marker['settings']}; {folders[0]} with {first['settings']}"
+            )
+    made_of = {
+        "runs": [{"folder": str(folder), "curves": input_stamp(folder / CURVES)} for folder in folders],
+        "settings": first["settings"],
+    }
+    check_folder(output_dir, COMBINED_KIND, made_of)
+    folder = claim(output_dir, COMBINED_KIND, **made_of)
+    names = distinct([network["method"].upper() for network in first["networks"]])
+    return write_results(folder, [records for records, _ in runs], names, runs=[str(f) for f in folders])
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = get_args_parser().parse_args(argv)
     check_args(args)
+    if args.combine:
+        print("\n".join(summary_lines(combine(args.combine, args.output_dir))))
+        print(f"figure and summary written to {args.output_dir}")
+        return
     device, rank, world = init_distributed(args.device, args.local_rank, args.dist_timeout)
     summary = run(args, device, rank, world)
     if summary is not None:

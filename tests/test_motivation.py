@@ -2,6 +2,10 @@
 curves are known exactly, and the command's files, whole or resumed after an interruption."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bas.errors import OutputError
+from bas.errors import ArgumentError, OutputError
 from WSOL import motivation
 from WSOL.datasets import cub_release
 from WSOL.models import build_model
@@ -80,14 +84,35 @@ def test_a_one_pixel_discriminative_peak_saturates_the_ce_at_the_first_step():
     assert activation.tolist() == [5.0] * 5
     assert ce.tolist() == pytest.approx([float(np.log1p(np.exp(-5.0)))] * 5)
     curves = {"ce": ce.numpy()[None].astype(float), "activation": activation.numpy()[None].astype(float)}
-    assert motivation.turning_points(curves)["ce_fallen"].tolist() == [0]
-
-
-def test_turning_points_are_where_ce_has_made_95_percent_of_its_fall_and_where_activation_peaks():
-    curves = {"ce": np.array([[4.0, 2.0, 0.3, 0.1, 0.0, 0.0]]), "activation": np.array([[0.0, 1, 2, 3, 4, 3.5]])}
     points = motivation.turning_points(curves)
-    assert points["ce_fallen"].tolist() == [3]  # 0.1 / 4 <= 0.05 < 0.3 / 4
-    assert points["activation_peak"].tolist() == [4]
+    assert points["ce_fallen"].tolist() == [0]
+    assert points["ce_below_start"].tolist() == [-1]  # at its floor from the start: never below 5 % of it
+
+
+def test_turning_points_are_where_ce_is_below_5_percent_of_its_start_or_of_its_fall_and_where_activation_peaks():
+    ce = np.array([[4.0, 2.0, 0.3, 0.1, 0.0, 0.0], [4.0, 2.0, 1.5, 1.2, 1.0, 1.0]])
+    curves = {"ce": ce, "activation": np.array([[0.0, 1, 2, 3, 4, 3.5], [0.0, 1, 2, 2, 1, 0]])}
+    points = motivation.turning_points(curves)
+    assert points["ce_below_start"].tolist() == [3, -1]  # 0.1 <= 0.05 x 4 < 0.3; never below 0.2
+    assert points["ce_fallen"].tolist() == [3, 4]  # (1.2 - 1) / 3 > 0.05 >= (1 - 1) / 3
+    assert points["activation_peak"].tolist() == [4, 2]
+
+
+def test_the_summary_gives_medians_of_the_shares_where_ce_that_never_falls_below_5_percent_counts_as_beyond():
+    def record(ce: list[float]) -> dict:
+        curves = {"object": [0.25, 0.5, 1.0], "background": [0.0, 0.5, 1.0], "ce": ce, "activation": [1.0, 3, 2]}
+        return {"image": "x", "label": 0, "curves": [{protocol: curves for protocol in motivation.PROTOCOLS}]}
+
+    records = [record([4.0, 0.1, 0.0]), record([4.0, 3.0, 0.1]), record([4.0, 3.0, 1.0])]
+    entry = motivation.summarize(records, ["BAS"])["networks"]["BAS"]["threshold"]
+    assert entry["ce_below_start_images"] == 2
+    assert entry["ce_below_start_object"] == 1.0  # shares 0.5, 1.0 and never
+    assert entry["ce_fallen_object"] == 1.0  # steps 1, 2, 2
+    assert entry["activation_peak_object"] == 0.5 and entry["activation_peak_background"] == 0.5
+    many_never = motivation.summarize(records[2:], ["BAS"])
+    assert many_never["networks"]["BAS"]["threshold"]["ce_below_start_object"] is None
+    line = motivation.summary_lines(many_never)[0]
+    assert "CE first <= 5 % of its value at the first mask: never (never), in 0 of 1 images" in line
 
 
 def test_shares_leave_ignored_pixels_out_of_the_background():
@@ -122,13 +147,15 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+def arguments(data_dir: Path, checkpoints: dict, output: Path) -> list[str]:
+    return [
+        "--data-dir", str(data_dir), "--checkpoint", str(checkpoints["bas"]), "--compare", str(checkpoints["cam"]),
+        "--output-dir", str(output), "--workers", "0", "--no-progress", "--batch-size", "2", "--steps", "4",
+    ]  # fmt: skip
+
+
 def run(data_dir: Path, checkpoints: dict, output: Path) -> None:
-    motivation.main(
-        [
-            "--data-dir", str(data_dir), "--checkpoint", str(checkpoints["bas"]), "--compare", str(checkpoints["cam"]),
-            "--output-dir", str(output), "--workers", "0", "--no-progress", "--batch-size", "2", "--steps", "4",
-        ]
-    )  # fmt: skip
+    motivation.main(arguments(data_dir, checkpoints, output))
 
 
 def lines(path: Path) -> list[dict]:
@@ -189,6 +216,47 @@ def test_the_command_writes_curves_figure_and_summary_and_a_resumed_run_equals_a
 def test_curves_of_other_weights_are_never_added_to_a_folder(data_dir, checkpoints, whole):
     before = (whole / motivation.CURVES).read_bytes()
     swapped = {"bas": checkpoints["cam"], "cam": checkpoints["bas"]}
-    with pytest.raises(OutputError, match="holds curves of other checkpoints or settings"):
+    with pytest.raises(OutputError, match="holds curves made from other inputs or settings"):
         run(data_dir, swapped, whole)
     assert (whole / motivation.CURVES).read_bytes() == before
+
+
+def test_two_processes_under_torchrun_each_measure_their_share_and_rank_0_merges_them(
+    data_dir, checkpoints, whole, tmp_path
+):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    script = Path(motivation.__file__)
+    result = subprocess.run(
+        [*torchrun, str(script), *arguments(data_dir, checkpoints, tmp_path / "two")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    two, one = lines(tmp_path / "two" / motivation.CURVES), lines(whole / motivation.CURVES)
+    assert [r["image"] for r in two] == [r["image"] for r in one]  # every image once, in the dataset's order
+    for shared, single in zip(two, one):
+        for networks in zip(shared["curves"], single["curves"]):
+            for protocol in motivation.PROTOCOLS:
+                for key, values in networks[0][protocol].items():
+                    assert values == pytest.approx(networks[1][protocol][key], abs=1e-5)  # thread counts differ
+    assert not list((tmp_path / "two").glob("curves-rank*"))
+
+
+def test_runs_combine_into_one_figure_and_summary_over_all_their_images(data_dir, checkpoints, whole, tmp_path):
+    again = shutil.copytree(whole, tmp_path / "again")
+    combined = tmp_path / "combined"
+    motivation.main(["--combine", str(whole), str(again), "--output-dir", str(combined)])
+    summary = json.loads((combined / "summary.json").read_text())
+    assert summary["images"] == 6 and summary["runs"] == [str(whole), str(again)]
+    one_run = json.loads((whole / "summary.json").read_text())["networks"]
+    assert list(summary["networks"]) == ["BAS", "CAM"]
+    assert list(summary["networks"].values()) == list(one_run.values())  # the same curves twice: the same medians
+    assert (combined / "motivation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len((combined / "summary.txt").read_text().splitlines()) == 4
+
+    swapped = tmp_path / "swapped"  # CAM first: its curves would be drawn as BAS's
+    run(data_dir, {"bas": checkpoints["cam"], "cam": checkpoints["bas"]}, swapped)
+    with pytest.raises(ArgumentError, match=f"{swapped} measured CAM, BAS; {whole} measured BAS, CAM"):
+        motivation.main(["--combine", str(whole), str(swapped), "--output-dir", str(tmp_path / "mixed")])
+    with pytest.raises(ArgumentError, match=f"{tmp_path} holds no finished motivation run"):
+        motivation.main(["--combine", str(whole), str(tmp_path), "--output-dir", str(tmp_path / "mixed")])
+    assert not (tmp_path / "mixed").exists()
