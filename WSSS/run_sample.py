@@ -4,9 +4,9 @@ WSSS/steps/<stage>.py with a ``run(args)``, reads what the stages before it wrot
 be run again alone: it skips the work whose outputs exist (trained weights, seed files,
 label PNGs).
 
-    python run_sample.py                                          # the synthetic demo: the seeds
-    python run_sample.py --all                                    # ... and every stage after them
-    python run_sample.py --voc12_root VOCdevkit/VOC2012          # the default stages on VOC
+    python run_sample.py                                          # the synthetic demo: seeds and pseudo masks
+    python run_sample.py --all                                    # ... and a segmentation net on the masks
+    python run_sample.py --voc12_root VOCdevkit/VOC2012          # the original's default stages on VOC
     python run_sample.py --stages eval_cam --voc12_root VOCdevkit/VOC2012 --cam_out_dir result/cam \\
         --chainer_eval_set val                                     # score any folder of seeds
     torchrun --nproc_per_node 4 run_sample.py --stages make_cam eval_cam --voc12_root ...
@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 
 from bas.cli import add_process_flags
+from bas.devices import AMP_DTYPES
 from bas.distributed import finish_distributed, first_on_rank_zero, init_distributed
 from bas.errors import ArgumentError, require_positive, require_unit_interval, run_main
 from WSSS import datasets
@@ -76,8 +77,11 @@ STAGE_FLAGS = (
     train_seg.add_arguments,
     eval_seg.add_arguments,
 )
-# What a run without --stages or --all (and without *_pass switches) does: the seeds.
-DEFAULT_STAGES = ("train_cam", "train_bas", "make_cam", "eval_cam")
+# What a run without --stages or --all (and without *_pass switches) does: the original's
+# default stages (the seeds and the pseudo masks, each scored), after the training of the seed
+# nets (skipped where their weights exist) and, where an IRN's weights are missing, its IR
+# labels and its training (``selected_stages``).
+DEFAULT_STAGES = ("train_cam", "train_bas", "make_cam", "eval_cam", "make_sem_seg_labels", "eval_sem_seg")
 SEED_NETS = ("bas+cam", "bas", "cam")
 # The stages that read one seed variant's seeds (eval_cam and the refinement after it) run
 # once per variant, each variant with its own outputs: the names given for the original's
@@ -170,7 +174,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     group = parser.add_argument_group("stages")
     _add(group, "stages", nargs="+", choices=list(STAGES), help=f"run these (in pipeline order: {', '.join(STAGES)})")
-    _add(group, "all", action="store_true", help=f"run every stage (default: {', '.join(DEFAULT_STAGES)})")
+    _add(
+        group,
+        "all",
+        action="store_true",
+        help=f"run every stage (default: {', '.join(DEFAULT_STAGES)}; and cam_to_ir_label, train_irn where an "
+        "IRN's weights are missing)",
+    )
     for stage in STAGES:
         _add(group, f"{stage}_pass", type=_bool, metavar="BOOL", help=f"run {stage} (true) or not (false)")
 
@@ -191,6 +201,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add(group, "num_workers", type=int, default=(os.cpu_count() or 2) // 2, help="data loader processes")
     _add(group, "device", help="default: cuda when present, else cpu (under torchrun: the local rank's GPU)")
     _add(group, "no_progress", action="store_true", help="no progress bars (for logs)")
+    _add(
+        group,
+        "amp",
+        choices=list(AMP_DTYPES),
+        help="mixed precision of make_cam's nets and make_sem_seg_labels' IRN (default fp32, the original's); the "
+        "folders record it",
+    )
+    _add(
+        group,
+        "channels_last",
+        action="store_true",
+        help="NHWC tensors for those nets (on CUDA; on the CPU make_cam runs in oneDNN's own layout)",
+    )
     add_process_flags(group)
 
     group = parser.add_argument_group("dataset")
@@ -265,9 +288,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def selected_stages(args: argparse.Namespace) -> list[str]:
-    """--stages (else every stage with --all, else the default stages), with the *_pass
-    switches added or removed, in pipeline order."""
+    """--stages (else every stage with --all, else the default stages, with cam_to_ir_label and
+    train_irn where a refined variant has no IRN weights yet), with the *_pass switches added
+    or removed, in pipeline order. Needs the dataset's defaults (``fill_dataset_defaults``)."""
     chosen = set(STAGES if args.all else args.stages or DEFAULT_STAGES)
+    if not (args.all or args.stages):
+        irn_files = (Path(variant_args(args, nets).irn_weights_name) for nets in args.refine_nets)
+        if not all(path.is_file() for path in irn_files):
+            chosen |= {"cam_to_ir_label", "train_irn"}
     for stage in STAGES:
         switch = getattr(args, f"{stage}_pass")
         if switch is not None:
@@ -374,10 +402,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = get_args_parser().parse_args(argv)
     check_args(args)
-    stages = selected_stages(args)
     args.device, args.rank, args.world = init_distributed(args.device, args.local_rank, args.dist_timeout)
     try:
         fill_dataset_defaults(args)
+        stages = selected_stages(args)
         reports = {}
         for stage in stages:
             log.info("stage %s", stage)

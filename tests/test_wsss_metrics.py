@@ -354,18 +354,26 @@ def test_flags_with_underscores_and_dashes(flag, value, dest, parsed):
         assert getattr(parser.parse_args([f"--{spelling}", value]), dest) == parsed
 
 
-def test_list_flags_and_stage_selection():
+def test_list_flags_and_stage_selection(tmp_path):
     parser = run_sample.get_args_parser()
     args = parser.parse_args(["--cam-scales", "1", "0.5", "--cam_eval_thres", "0.25", "0.3"])
     assert args.cam_scales == [1.0, 0.5] and args.cam_eval_thres == [0.25, 0.3]
     assert parser.parse_args([]).cam_scales == [1.0, 0.5, 1.5, 2.0] and parser.parse_args([]).cam_eval_thres is None
 
-    def stages(*argv):
-        return run_sample.selected_stages(parser.parse_args(list(argv)))
+    irn_file = tmp_path / "res50_irn.pth"
 
-    assert stages() == list(run_sample.DEFAULT_STAGES)
+    def stages(*argv):
+        fills = ["--irn_weights_name", str(irn_file), "--refine_nets", "bas+cam", "--cam_out_dir", "seeds"]
+        args = parser.parse_args([*argv, *fills])  # what fill_dataset_defaults gives on VOC
+        return run_sample.selected_stages(args)
+
+    original = ["make_cam", "eval_cam", "make_sem_seg_labels", "eval_sem_seg"]  # the original's defaults
+    irn_trained = ["make_cam", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg_labels", "eval_sem_seg"]
+    assert stages() == ["train_cam", "train_bas", *irn_trained]  # IRN's weights missing: trained first
+    irn_file.touch()
+    assert stages() == ["train_cam", "train_bas", *original]  # each training stage skips existing weights
     assert stages("--stages", "eval_cam", "make_cam") == ["make_cam", "eval_cam"]  # pipeline order
-    assert stages("--make_cam_pass", "False") == ["train_cam", "train_bas", "eval_cam"]
+    assert stages("--make_cam_pass", "False") == ["train_cam", "train_bas", *original[1:]]
     assert stages("--stages", "make_cam", "--eval-cam-pass", "true") == ["make_cam", "eval_cam"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--eval_cam_pass", "maybe"])
@@ -545,7 +553,7 @@ def test_make_cam_then_eval_cam_through_run_sample(tmp_path):
         torch.save({"model": build_model(method, num_classes=4, arch="tiny").state_dict()}, tmp_path / name)
     argv = ["--voc12_root", str(voc), "--cam_out_dir", str(tmp_path / "seeds"), "--num_workers", "1"]
     argv += ["--bas_weights_name", str(tmp_path / "bas.pth"), "--cam_weights_name", str(tmp_path / "cam.pth")]
-    argv += ["--arch", "tiny", "--cam_scales", "1", "0.5", "--no_progress"]
+    argv += ["--arch", "tiny", "--cam_scales", "1", "0.5", "--no_progress", "--stages", "make_cam", "eval_cam"]
     run_sample.main(argv)
     train_aug = (voc / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split()
     assert sorted(p.stem for p in (tmp_path / "seeds").glob("*.npz")) == sorted(train_aug)
@@ -556,5 +564,5 @@ def test_make_cam_then_eval_cam_through_run_sample(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "x.npy").touch()
     with pytest.raises(OutputError):
-        run_sample.main(argv + ["--stages", "make_cam", "--cam_out_dir", str(tmp_path / "mine")])
+        run_sample.main([*argv[:-3], "--stages", "make_cam", "--cam_out_dir", str(tmp_path / "mine")])
     assert os.listdir(tmp_path / "mine") == ["x.npy"]
