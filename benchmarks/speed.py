@@ -121,40 +121,55 @@ def forward_ms(arch: str, args: argparse.Namespace) -> float:
 
 
 def most_frequent_label(labels: list[list[int]]) -> int:
-    """The original's choice of component, at its cost: every pixel's label tallied in
-    Python, the most frequent non-zero one kept (ties: the label met first); -1 without
-    foreground."""
-    tally: dict[int, int] = {}
+    """The original's choice of component, step for step: every pixel's label looked up in a
+    dict in Python (a zero skipped, a new label entered at 0, then counted), the labels sorted
+    by count, the most frequent kept (ties: the label met first); -1 without foreground."""
+    counts: dict[int, int] = {}
     for row in labels:
         for label in row:
-            if label:
-                tally[label] = tally.get(label, 0) + 1
-    return max(tally, key=tally.get) if tally else -1
+            if label == 0:
+                continue
+            if label not in counts.keys():
+                counts[label] = 0
+            counts[label] += 1
+    if not counts:
+        return -1
+    return sorted(counts.items(), key=lambda pair: pair[1], reverse=True)[0][0]
+
+
+def inclusive_iou(box: list[int], gt_box: np.ndarray) -> float:
+    """The original's IoU of two boxes, corners inclusive (+1), in Python scalars."""
+    width = max(0, min(box[2], gt_box[2]) - max(box[0], gt_box[0]) + 1)
+    height = max(0, min(box[3], gt_box[3]) - max(box[1], gt_box[1]) + 1)
+    inter = width * height
+    area = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
+    return inter / float(area + (gt_box[2] - gt_box[0] + 1) * (gt_box[3] - gt_box[1] + 1) - inter)
 
 
 def original_code_boxes(maps: np.ndarray, gt: list[np.ndarray], threshold: float, crop: int = 224):
-    """The original evaluator's procedure, image by image, at one threshold: the map min-max
-    normalized (+1e-5) and resized bilinearly by cv2, a float64 foreground mask, its
-    8-connected components, the most frequent one by a Python tally, that component's mask
-    x 255 resized nearest to the crop, its bounding box (the whole crop when empty), and
-    the best IoU against the GT boxes with inclusive corners. scipy.ndimage stands in for
-    skimage (not a dependency): its components are numbered in the same row-major order
-    and give the same boxes. -> boxes N x 4, best IoUs N."""
+    """The original evaluator's procedure, image by image, at one threshold, with its calls:
+    the map min-max normalized (+1e-5) and resized bilinearly by cv2; a float64 map of zeros
+    set to 1 above the threshold; its 8-connected components; the most frequent one by a
+    Python tally; a float64 map of zeros set to 1 on it, x 255, rounded, resized nearest to the
+    crop; its bounding box (the whole crop when empty); the best IoU over the GT boxes, one
+    Python IoU each. scipy.ndimage stands in for skimage (not a dependency) in the labelling
+    and the box: its components are numbered in the same row-major order and give the same
+    boxes. -> boxes N x 4, best IoUs N."""
     boxes, best = [], []
     for raw, gt_boxes in zip(maps, gt):
-        scaled = cv2.resize((raw - raw.min()) / (raw.max() - raw.min() + 1e-5), dsize=(crop, crop))
-        foreground = (scaled > threshold).astype(np.float64)
+        low, high = np.min(raw), np.max(raw)
+        scaled = cv2.resize((raw - low) / (high - low + 1e-5), dsize=(crop, crop))
+        foreground = np.zeros(scaled.shape)
+        foreground[scaled > threshold] = 1
         components = ndimage.label(foreground, structure=np.ones((3, 3)))[0]
-        kept = np.round((components == most_frequent_label(components.tolist())) * 255.0)
-        kept = cv2.resize(kept, (crop, crop), interpolation=cv2.INTER_NEAREST)
+        kept = np.zeros(foreground.shape)
+        kept[components == most_frequent_label(components.tolist())] = 1
+        kept = cv2.resize(np.round(kept * 255), (crop, crop), interpolation=cv2.INTER_NEAREST)
         found = ndimage.find_objects(kept.astype(int))
         rows, cols = found[-1] if found else (slice(0, crop), slice(0, crop))
-        box, gt_boxes = np.array([cols.start, rows.start, cols.stop, rows.stop]), np.asarray(gt_boxes)
-        overlap = np.minimum(box[2:], gt_boxes[:, 2:]) - np.maximum(box[:2], gt_boxes[:, :2]) + 1  # inclusive
-        inter = np.clip(overlap, 0, None).prod(1)
-        union = (box[2:] - box[:2] + 1).prod() + (gt_boxes[:, 2:] - gt_boxes[:, :2] + 1).prod(1) - inter
+        box = [cols.start, rows.start, cols.stop, rows.stop]
         boxes.append(box)
-        best.append(float((inter / union).max(initial=-1.0)))
+        best.append(max([inclusive_iou(box, gt_box) for gt_box in gt_boxes], default=-1.0))
     return np.array(boxes), np.array(best)
 
 
