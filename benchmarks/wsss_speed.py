@@ -3,8 +3,12 @@
 - Training: forward + backward + SGD step of the multi-label BAS net (ResNet50, crop 448)
   and of IRN's CAM net (crop 512), fp32 and bf16 autocast: images/s and peak memory, each
   configuration in a fresh process.
-- make_cam: milliseconds per VOC-sized image (500 x 375) for BAS+CAM seeds at the four
-  scales with their flips (each flip pair one batch), the stride-4 and full-size maps.
+- make_cam: seconds per VOC-sized image (500 x 375 JPEG) for BAS+CAM seeds at the four
+  scales with their flips, from the file to the seed's arrays: the original's procedure,
+  re-implemented step by step (its loading and resizing, the BAS net's whole ResNet50 with
+  the layer4, class conv and score it computes and leaves unused, IRN's CAM net, every
+  class resized before the GT classes are picked), against ours in fp32 and bf16
+  (``make_cam.InferenceNet``), in interleaved rounds in one process, the maps compared.
 - eval_cam: ours (each seed read once, all thresholds in one pass) against the original's
   procedure, re-implemented step by step (its eval_cam run once per threshold: every seed
   unpickled and every mask read again, the background plane padded in front, argmax, and
@@ -31,12 +35,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from speed import isolated, peak_mib, timed
 
+from bas.data import IMAGENET_MEAN, IMAGENET_STD
 from WSSS import metrics
-from WSSS.datasets import SCALES, VOC_CLASSES, MultiScaleItem, rescale, to_tensor, voc_masks
-from WSSS.models import build_model, draw_positive, multilabel_bas_loss, multilabel_soft_margin_loss
+from WSSS.datasets import SCALES, VOC_CLASSES, MultiScaleSet, Sample, voc_masks
+from WSSS.models import BASNet, CAMNet, build_model, draw_positive, multilabel_bas_loss, multilabel_soft_margin_loss
 from WSSS.metrics import IGNORE
 from WSSS.seeds import read_seed, seed_path
 from WSSS.steps import eval_cam, make_cam
@@ -158,42 +164,166 @@ def train_speed(method: str, dtype: str, args: argparse.Namespace) -> tuple[floa
     return args.batch / timed(step, args.steps, args.warmup, device), peak_mib(device), first
 
 
-class Autocast:
-    """A net whose class maps are computed under bf16 autocast and handed on in float32,
-    so that make_cam's resizing, sums and normalisation stay in float32."""
+def original_item(path: Path, scales: tuple[float, ...]) -> tuple[list[torch.Tensor], tuple[int, int]]:
+    """The original's VOC12ClassificationDatasetMSF item, step by step: the image read as an
+    RGB uint8 array; per scale, PIL's bicubic resize to (round(H s), round(W s)) where the
+    size changes, the per-channel normalization in float64 into a float32 array, HWC to CHW,
+    the mirror stacked behind; then the data loader's batch of one. (pairs, (H, W))."""
+    with Image.open(path) as file:
+        image = np.asarray(file.convert("RGB"))  # H x W x 3, as imageio reads a JPEG
+    height, width = image.shape[:2]
+    pairs = []
+    for scale in scales:
+        size = (int(np.round(height * scale)), int(np.round(width * scale)))
+        scaled = image
+        if size != (height, width):
+            scaled = np.asarray(Image.fromarray(image).resize(size[::-1], Image.BICUBIC))
+        normalized = np.empty_like(scaled, np.float32)
+        for channel in range(3):
+            normalized[..., channel] = (scaled[..., channel] / 255.0 - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
+        chw = np.transpose(normalized, (2, 0, 1))
+        pairs.append(torch.stack([torch.as_tensor(np.stack([chw, np.flip(chw, -1)]))]))  # 1 x 2 x 3 x h x w
+    return pairs, (height, width)
 
-    def __init__(self, net: torch.nn.Module, device: torch.device):
-        self.net, self.device = net, device
 
-    def class_maps(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            return self.net.class_maps(images).float()
+def original_bas_maps(net: BASNet, pair: torch.Tensor) -> torch.Tensor:
+    """The original BAS net's forward without labels: the whole ResNet50, layer3's output
+    cloned, layer4, the class conv and its average pool computed and left unused, then M of
+    the clone; the mirror's M flipped back and added. 2 x 3 x h x w -> C x h' x w'."""
+    features = net.head(pair)
+    tapped = features.clone()
+    F.adaptive_avg_pool2d(net.classifier_cls(net.tail(features)), 1).flatten(1)  # the unused score
+    maps = net.classifier_loc(tapped)
+    return maps[0] + maps[1].flip(-1)
+
+
+def original_cam_maps(net: CAMNet, pair: torch.Tensor) -> torch.Tensor:
+    """IRN's CAM net's forward at inference: the four stages, the class conv's weight applied
+    by F.conv2d, ReLU; the mirror's maps flipped back and added."""
+    maps = F.relu(F.conv2d(net.tail(net.head(pair)), net.classifier_cls.weight))
+    return maps[0] + maps[1].flip(-1)
+
+
+def original_fused(outputs: list[torch.Tensor], size: tuple[int, int], valid: torch.Tensor):
+    """One net's maps of every scale (C x h x w each) summed at the stride-4 size and at the
+    stride-16-rounded-up size as the original does (every class resized, the GT classes
+    picked afterwards), then each normalised by its max + 1e-5."""
+    height, width = size
+    strided, up = make_cam.strided_size(size, 4), tuple(16 * s for s in make_cam.strided_size(size, 16))
+    low = torch.sum(
+        torch.stack([F.interpolate(o[None], strided, mode="bilinear", align_corners=False)[0] for o in outputs]), 0
+    )
+    high = [F.interpolate(o[:, None], up, mode="bilinear", align_corners=False) for o in outputs]
+    high = torch.sum(torch.stack(high, 0), 0)[:, 0, :height, :width]
+    low, high = low[valid], high[valid]
+    low /= F.adaptive_max_pool2d(low, (1, 1)) + 1e-5
+    high /= F.adaptive_max_pool2d(high, (1, 1)) + 1e-5
+    return low, high
+
+
+@torch.no_grad()
+def original_seed(nets: dict[str, torch.nn.Module], path: Path, label: torch.Tensor, device: torch.device) -> dict:
+    """The original's make_cam for one image, re-implemented step by step: its loading
+    (``original_item``), the BAS net on every scale's pair, then the CAM net's, each net's
+    maps summed and normalised, the two added and normalised again."""
+    pairs, size = original_item(path, SCALES)
+    valid = torch.nonzero(label)[:, 0]
+    bas_low, bas_high = original_fused([original_bas_maps(nets["bas"], p[0].to(device)) for p in pairs], size, valid)
+    cam_low, cam_high = original_fused([original_cam_maps(nets["cam"], p[0].to(device)) for p in pairs], size, valid)
+    low, high = cam_low + bas_low, cam_high + bas_high
+    low /= F.adaptive_max_pool2d(low, (1, 1)) + 1e-5
+    high /= F.adaptive_max_pool2d(high, (1, 1)) + 1e-5
+    return {"keys": valid, "cam": low.cpu(), "high_res": high.cpu().numpy()}
+
+
+def seed_nets(device: torch.device) -> dict[str, torch.nn.Module]:
+    """ResNet50 BAS and CAM nets drawn on the CPU (every device maps the same), their
+    BatchNorm statistics and affine parameters drawn too, so that folding them is no no-op."""
+    torch.manual_seed(0)
+    nets = {method: build_model(method, CLASSES).eval() for method in ("bas", "cam")}
+    with torch.no_grad():
+        for module in (m for net in nets.values() for m in net.modules()):
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.8, 1.2)
+                module.bias.uniform_(-0.1, 0.1)
+    return {method: net.to(device) for method, net in nets.items()}
+
+
+def inference_nets(dtype: str, device: torch.device) -> dict[str, make_cam.InferenceNet]:
+    """``seed_nets`` as make_cam runs them (``make_cam.InferenceNet``), bf16 for "bf16"."""
+    amp = "bf16" if dtype == "bf16" else None
+    return {name: make_cam.InferenceNet(net, device, amp) for name, net in seed_nets(device).items()}
+
+
+def one_image(path: Path, size: tuple[int, int]) -> MultiScaleSet:
+    """make_cam's dataset of one image, an ``size`` JPEG written at ``path``."""
+    label = np.zeros(CLASSES, np.float32)
+    label[[3, 11]] = 1
+    return MultiScaleSet([Sample("2007_000000", write_image(path, size), label)], SCALES)
 
 
 def make_cam_seeds(dtype: str, args: argparse.Namespace):
     """A call that makes the BAS+CAM seed of one ``args.image_size`` image (ResNet50 nets,
-    four scales + flips) on ``args.device``, the nets under bf16 autocast for "bf16"; the
-    nets and the image are drawn on the CPU, so that every device maps the same."""
+    four scales + flips, the image loaded beforehand) on ``args.device`` as make_cam does,
+    in bf16 for "bf16"; the nets are drawn on the CPU, so that every device maps the same."""
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    nets = {method: build_model(method, CLASSES).eval().to(device) for method in ("bas", "cam")}
-    if dtype == "bf16":
-        nets = {method: Autocast(net, device) for method, net in nets.items()}
-    label = np.zeros(CLASSES, np.float32)
-    label[[3, 11]] = 1
-    h, w = args.image_size
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
-    pairs = []
-    for scale in SCALES:
-        scaled = to_tensor(rescale(image, scale))
-        pairs.append(torch.stack([scaled, scaled.flip(-1)]))
-    item = MultiScaleItem("2007_000000", (h, w), label, pairs)
+    nets = inference_nets(dtype, device)
+    with tempfile.TemporaryDirectory() as folder:
+        item = one_image(Path(folder) / "image.jpg", args.image_size)[0]
     return lambda: make_cam.image_seeds(nets, ["bas+cam"], item, device)["bas+cam"]
 
 
-def make_cam_ms(dtype: str, args: argparse.Namespace) -> float:
-    """Milliseconds per image of ``make_cam_seeds``; run in a fresh process."""
-    return 1000 * timed(make_cam_seeds(dtype, args), args.steps, args.warmup, torch.device(args.device))
+def write_image(path: Path, size: tuple[int, int]) -> Path:
+    """An H x W JPEG of smooth colour gradients with noise, about as costly to decode as a photo."""
+    h, w = size
+    rng = np.random.default_rng(0)
+    gradient = np.linspace(0, 1, h)[:, None, None] * np.linspace(0, 1, w)[None, :, None] * rng.random(3)
+    pixels = np.clip(255 * gradient + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path, quality=90)
+    return path
+
+
+def make_cam_times(args: argparse.Namespace) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds per image of the original's make_cam procedure and of ours in each of
+    ``args.dtype``, from the JPEG to the seed's arrays, best of ``args.rounds`` interleaved
+    rounds after one untimed; and ours' largest difference to the original's maps in each."""
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as folder:
+        dataset = one_image(Path(folder) / "2007_000000.jpg", args.image_size)
+        path, label = dataset.samples[0].path, torch.from_numpy(dataset.samples[0].label)
+        nets = seed_nets(device)
+        runs = {"original": lambda: original_seed(nets, path, label, device)}
+        for dtype in args.dtype:
+            ours = inference_nets(dtype, device)
+            runs[dtype] = lambda ours=ours: make_cam.image_seeds(ours, ["bas+cam"], dataset[0], device)["bas+cam"]
+        seeds = {name: run() for name, run in runs.items()}  # also the untimed round
+        reference = seeds["original"]
+        differences = {}
+        for dtype in args.dtype:
+            np.testing.assert_array_equal(seeds[dtype]["keys"], reference["keys"].numpy())
+            differences[dtype] = max(
+                float(np.abs(seeds[dtype][key] - np.asarray(reference[key])).max()) for key in ("cam", "high_res")
+            )
+        times = {name: [] for name in runs}
+        for _ in range(args.rounds):
+            for name, run in runs.items():
+                times[name].append(timed(run, 1, 0, device))
+    return {name: min(seconds) for name, seconds in times.items()}, differences
+
+
+def make_cam_rows(args: argparse.Namespace) -> None:
+    seconds, differences = make_cam_times(args)
+    h, w = args.image_size
+    original = seconds["original"]
+    print(f"make_cam, BAS+CAM ResNet50 seeds of one {w} x {h} JPEG, scales {SCALES} + flips")
+    print(f"best of {args.rounds} interleaved rounds; {'s/image':>9} {'speed-up':>9} {'max |diff|':>11}")
+    print(f"{'the original procedure, re-implemented':<42} {original:>9.2f} {1:>8.2f}x")
+    for dtype in args.dtype:
+        name = f"ours, {dtype}"
+        print(f"{name:<42} {seconds[dtype]:>9.2f} {original / seconds[dtype]:>8.2f}x {differences[dtype]:>11.1e}")
+    print()
 
 
 def eval_cam_times(files: int, rounds: int) -> dict[str, float]:
@@ -258,7 +388,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--image-size", type=int, nargs=2, default=[375, 500], metavar=("H", "W"), help="make_cam")
     parser.add_argument("--files", type=int, default=200, help="seed files for eval_cam")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the eval_cam timings")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the make_cam and eval_cam timings")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -273,9 +403,7 @@ def main() -> None:
                 print(f"{method + ' ResNet50 ' + dtype:<26} {speed:9.2f} {peak:14.0f}", flush=True)
         print()
     if "make_cam" in args.only:
-        ms = isolated(make_cam_ms, "fp32", args)
-        h, w = args.image_size
-        print(f"make_cam, BAS+CAM ResNet50, {w} x {h}, scales {SCALES} + flips: {ms:.0f} ms/image\n")
+        make_cam_rows(args)
     if "eval_cam" in args.only:
         eval_cam_rows(args)
 

@@ -2,6 +2,7 @@
 original's procedure on the plain dense walk; the stage on a small synthetic VOC set."""
 
 import argparse
+import json
 import os
 
 import numpy as np
@@ -95,7 +96,8 @@ def stage_args(voc, tmp_path, **changes):
     args = dict(
         voc12_root=str(voc), infer_list="train", cam_out_dir=str(tmp_path / "seeds"), irn_weights_name=str(irn),
         sem_seg_out_dir=str(tmp_path / "masks"), sem_seg_bg_thres=0.22, sem_seg_power=1.5, beta=10, exp_times=3,
-        device=torch.device("cpu"), rank=0, world=1, num_workers=0, no_progress=True,
+        device=torch.device("cpu"), rank=0, world=1, num_workers=0, no_progress=True, amp=None,
+        channels_last=False,
     )  # fmt: skip
     return argparse.Namespace(**{**args, **changes})
 
@@ -123,6 +125,16 @@ def test_stage_writes_a_mask_per_image_and_skips_existing(voc, tmp_path):
     with pytest.raises(OutputError, match=r"'irn': \{'bytes': \d+, 'name': 'irn.pth', 'written'"):
         run(stage_args(voc, tmp_path))
     assert sorted(os.listdir(masks)) == sorted([".bas-lock", ".bas-output.json"] + [f"{i}.png" for i in ids])
+
+
+def test_irn_in_bf16_makes_masks_into_a_folder_that_records_it(voc, tmp_path):
+    ids = [line.strip() for line in (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()]
+    write_seeds(voc, tmp_path / "seeds", ids)
+    assert run(stage_args(voc, tmp_path, amp="bf16", channels_last=True)) == 3
+    marker = json.loads((tmp_path / "masks" / ".bas-output.json").read_text())
+    assert marker["settings"]["amp"] == "bf16"
+    with pytest.raises(OutputError, match=r"masks holds files made with .*'amp': 'bf16'"):
+        run(stage_args(voc, tmp_path))  # fp32 masks would mix with them
 
 
 def test_a_seed_of_another_size_is_named(voc, tmp_path):

@@ -11,13 +11,20 @@ from bas.data import IMAGENET_MEAN, IMAGENET_STD
 from WSSS.datasets.samples import IGNORE
 
 
+# Each channel's 256 levels ImageNet-normalized, computed in float64 and rounded once to
+# float32, as the original's numpy normalization: 3 x 256.
+_LEVELS = torch.arange(256, dtype=torch.float64)
+_NORMALIZED = (
+    (_LEVELS / 255 - torch.tensor(IMAGENET_MEAN, dtype=torch.float64)[:, None])
+    / torch.tensor(IMAGENET_STD, dtype=torch.float64)[:, None]
+).float()
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
-    """3 x H x W float32, ImageNet-normalized, computed in float64 and rounded once, as the
-    original's numpy normalization (so the inputs equal the original's bit for bit)."""
-    array = torch.from_numpy(np.asarray(image, dtype=np.float64)).permute(2, 0, 1)  # 3 x H x W
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float64)[:, None, None]
-    return ((array / 255 - mean) / std).float()
+    """3 x H x W float32, ImageNet-normalized as the original (so the inputs equal the
+    original's bit for bit), each pixel's value looked up in its channel's table."""
+    levels = torch.from_numpy(np.array(image, dtype=np.int64)).permute(2, 0, 1)  # 3 x H x W
+    return _NORMALIZED.gather(1, levels.reshape(3, -1)).view(levels.shape)
 
 
 def rescale(image: Image.Image, scale: float) -> Image.Image:

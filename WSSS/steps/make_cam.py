@@ -14,10 +14,15 @@ original's later stages load ``<id>.npy`` and do not read it; ours read both.
 Several seed variants (``--seed_nets bas+cam bas cam``) are made in one pass: each net runs
 once per image, and every variant's file is composed from its nets' maps.
 
+The nets run as ``InferenceNet`` prepares them: BatchNorm folded into the convolutions, on
+the CPU in oneDNN's blocked layout; in fp32 (the default) the maps are the plain nets' up to
+float rounding. ``--amp bf16`` computes them in bfloat16 (the seeds' resizing and sums stay
+in float32).
+
 Ids whose files exist (ours, or the original's ``<id>.npy``) are skipped, and each file is
 written under a temporary name and then renamed, so a crashed run is finished by running it
-again; a folder records the weights (name, size, time written) and scales its seeds come
-from, and refuses others.
+again; a folder records the weights (name, size, time written), scales and mixed precision
+its seeds come from, and refuses others.
 Under torchrun every process does every world-th id; the files do not depend on the
 number of processes.
 """
@@ -25,6 +30,7 @@ number of processes.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -35,8 +41,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.experimental.optimization import fuse as fold_conv_bn
 
 from bas.checkpoints import read_checkpoint
+from bas.devices import autocast, memory_format
 from bas.distributed import gather_objects
 from bas.outputs import input_stamp
 from WSSS import datasets
@@ -48,6 +56,56 @@ from WSSS.sharding import claim_output, each_item
 log = logging.getLogger(__name__)
 
 OUTPUT_KIND = "wsss-seeds"
+
+
+def fold_batchnorm(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` in eval mode with each BatchNorm that follows a convolution folded
+    into its weights and bias: the same outputs up to float rounding, without BatchNorm's
+    pass over every activation."""
+    folded = copy.deepcopy(net).eval()
+    for name, child in folded.named_children():
+        if any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in child.modules()):
+            setattr(folded, name, fold_conv_bn(child))
+    return folded
+
+
+def onednn_dtype(device: torch.device, amp: str | None) -> torch.dtype | None:
+    """The dtype a net runs in oneDNN's own tensors on ``device``, None where it does not: on
+    the CPU in fp32, and in bf16 where the CPU computes it natively. oneDNN's blocked layout
+    saves the reorders of every convolution's input and output that NCHW and channels-last
+    tensors cost there."""
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return None
+    if amp is None:
+        return torch.float32
+    if amp == "bf16" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+class InferenceNet:
+    """A net's ``class_maps`` as make_cam computes them, in float32, from a copy of the net
+    prepared once for inference on ``device``: BatchNorm folded (``fold_batchnorm``); on the
+    CPU in oneDNN's tensors (``onednn_dtype``), elsewhere in the memory format asked for,
+    under autocast for ``amp``."""
+
+    @torch.no_grad()
+    def __init__(self, net: nn.Module, device: torch.device, amp: str | None = None, channels_last: bool = False):
+        folded = fold_batchnorm(net).to(device)
+        self.device, self.amp, self.dtype = device, amp, onednn_dtype(device, amp)
+        if self.dtype is not None:
+            self.net = torch.utils.mkldnn.to_mkldnn(folded, self.dtype)
+        else:
+            self.layout = memory_format(channels_last)
+            self.net = folded.to(memory_format=self.layout)
+
+    @torch.no_grad()
+    def class_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """B x 3 x H x W float32 -> the net's B x C x h x w maps, float32."""
+        if self.dtype is not None:
+            return self.net.class_maps(images.to(self.dtype).to_mkldnn()).to_dense().float()
+        with autocast(self.device, self.amp):
+            return self.net.class_maps(images.to(memory_format=self.layout)).float()
 
 
 def strided_size(size: tuple[int, int], stride: int) -> tuple[int, int]:
@@ -129,7 +187,8 @@ def make_seeds(
     """Writes the seeds of each variant (``out_dirs``: variant -> its folder) for this
     process's share of ``dataset`` (every world-th item) whose file is missing; returns how
     many files of each variant all processes wrote. ``dataset[i]`` is a ``MultiScaleItem``
-    and ``dataset.ids[i]`` its id (known without loading the image)."""
+    and ``dataset.ids[i]`` its id (known without loading the image); ``nets`` are on
+    ``device`` already (``InferenceNet``)."""
     out_dirs = {variant: Path(folder) for variant, folder in out_dirs.items()}
 
     def missing(index: int) -> list[str]:
@@ -137,8 +196,6 @@ def make_seeds(
 
     todo = {i: missing(i) for i in range(rank, len(dataset), world)}  # shard first: others write meanwhile
     todo = {i: variants for i, variants in todo.items() if variants}  # index -> its missing variants
-    for net in nets.values():
-        net.to(device).eval()
     pin = device.type == "cuda"
     for index, item in each_item(dataset, list(todo), workers, "make_cam", progress, pin_memory=pin):
         for variant, seed in image_seeds(nets, todo[index], item, device).items():
@@ -174,11 +231,13 @@ def run(args: argparse.Namespace) -> dict[str, int]:
     num_classes = len(datasets.pipeline_data(args).classes)
     weights = {"bas": args.bas_weights_name, "cam": args.cam_weights_name}
     needed = sorted({name for variant in args.seed_nets for name in variant.split("+")})
-    nets = {name: load_net(name, weights[name], num_classes, args.arch) for name in needed}
+    loaded = {name: load_net(name, weights[name], num_classes, args.arch) for name in needed}
+    nets = {name: InferenceNet(net, args.device, args.amp, args.channels_last) for name, net in loaded.items()}
     out_dirs = {variant: seed_folder(args.cam_out_dir, variant) for variant in args.seed_nets}
+    precision = {"amp": args.amp} if args.amp else {}  # fp32 folders keep the marker they always had
     for variant, folder in out_dirs.items():
         made_of = {name: input_stamp(weights_file(weights[name])) for name in variant.split("+")}
-        settings = {"nets": made_of, "scales": list(args.cam_scales)}
+        settings = {"nets": made_of, "scales": list(args.cam_scales), **precision}
         claim_output(folder, OUTPUT_KIND, args.rank, "choose another --cam_out_dir", settings)
     written = make_seeds(
         nets,

@@ -11,8 +11,9 @@ background plane at ``--sem_seg_bg_thres`` in front (0.22 as BAS runs it; IRN's 
 argmax, and the class indices as a grayscale PNG ``<sem_seg_out_dir>/<id>.png`` (0
 background, c + 1 class c), which IRN's stages and ours read.
 
-Ids whose PNG exists are skipped, each PNG is written then renamed, and under torchrun
-every process does every world-th id.
+``--amp`` and ``--channels-last`` apply to IRN's forward pass (the walk stays in float64);
+the folder records the precision. Ids whose PNG exists are skipped, each PNG is written
+then renamed, and under torchrun every process does every world-th id.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bas.devices import autocast, memory_format
 from bas.errors import DatasetError, require_positive, require_unit_interval
 from bas.outputs import input_stamp, recorded_settings
 from WSSS import datasets
@@ -118,16 +120,21 @@ def make_pseudo_masks(
     world: int = 1,
     workers: int = 0,
     progress: bool = False,
+    amp: str | None = None,
+    channels_last: bool = False,
 ) -> int:
     """Writes the pseudo masks of this process's share of ``dataset`` (every world-th image,
     at scale 1 with its mirror) whose PNG is missing; returns how many all processes wrote.
-    ``options``: pseudo_mask's bg_thres, power, beta, exp_times."""
+    ``options``: pseudo_mask's bg_thres, power, beta, exp_times; ``amp`` and
+    ``channels_last``: IRN's precision and memory layout."""
     mine = my_share(len(dataset), rank, world, lambda i: not (out_dir / f"{dataset.ids[i]}.png").exists())
-    irn.to(device).eval()
+    layout = memory_format(channels_last)
+    irn.to(device, memory_format=layout).eval()
     for _, item in each_item(dataset, mine, workers, "make_sem_seg_labels", progress):
         size = tuple(int(s) for s in item.size)
         keys, cams = read_strided_seed(seed_path(cam_dir, item.image_id), size)
-        edge = irn.edge_map(item.images[0].to(device), pad_to)  # h x w
+        with autocast(device, amp):
+            edge = irn.edge_map(item.images[0].to(device, memory_format=layout), pad_to).float()  # h x w
         save_label_png(pseudo_mask(edge, cams, keys, size, **options), out_dir / f"{item.image_id}.png")
     return total(len(mine))
 
@@ -147,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
         "exp_times": args.exp_times,
     }
     settings = {"seeds": recorded_settings(args.cam_out_dir), "irn": input_stamp(args.irn_weights_name), **options}
+    if args.amp:  # fp32 folders keep the marker they always had
+        settings["amp"] = args.amp
     claim_output(out_dir, OUTPUT_KIND, args.rank, "choose another --sem_seg_out_dir", settings)
     written = make_pseudo_masks(
         irn,
@@ -160,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
         args.world,
         args.num_workers,
         progress=args.rank == 0 and not args.no_progress,
+        amp=args.amp,
+        channels_last=args.channels_last,
     )
     log.info(
         "make_sem_seg_labels: %d pseudo masks written to %s (%d were there)", written, out_dir, len(samples) - written
