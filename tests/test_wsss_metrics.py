@@ -176,6 +176,23 @@ def test_no_classes_and_bad_input():
         sweep(cams, [1], np.full((2, 2), 30, np.uint8), [0.3])
 
 
+@pytest.mark.parametrize("planes, count", [(9, 25), (10, 25), (20, 100)])
+def test_the_largest_labels_planes_and_bins_are_counted_exactly(planes, count):
+    """Index values at the top of their type (void label, last plane, last bin: 59,903 of
+    a two-byte index for 9 planes at 25 thresholds) and past it, against one at a time."""
+    rng = np.random.default_rng(3)
+    keys = np.sort(rng.choice(20, planes, replace=False))
+    thresholds = np.linspace(0.01, 0.99, count)
+    cams = rng.random((planes, 9, 11)).astype(np.float32)
+    cams[-1, 0] = 1.0  # the last plane at the top of the first row, above every threshold
+    gt = rng.choice([0, 20, 255, *(keys + 1)], (9, 11)).astype(np.uint8)
+    gt[0] = 255
+    confusions = sweep(cams, keys, gt, thresholds)
+    for i in (0, count // 2, count - 1):
+        prediction = plain_prediction(cams, keys, thresholds[i])
+        np.testing.assert_array_equal(confusions[i], plain_confusion(gt, prediction, 21))
+
+
 def test_summed_counts_give_the_sum_of_confusions():
     """Counts add over images (and processes) before they become confusion matrices."""
     rng = np.random.default_rng(2)
