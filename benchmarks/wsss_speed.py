@@ -16,10 +16,9 @@
   every seed and mask once. The three are timed in interleaved rounds in one process,
   the mIoUs checked equal. The files are synthetic, of VOC's size and in the original's
   format: seeds as its make_cam pickles them (``np.save`` of a dict holding torch tensors
-  and a numpy array), read here, as by eval_cam, with ``WSSS.seeds.read_seed``, which
-  rebuilds the pickle without running code (slower than ``np.load``'s plain unpickling,
-  which makes the re-implementation slightly slower than the original); palette masks of
-  blocks with a void border.
+  and a numpy array), unpickled by ``np.load`` in the original's procedure (the benchmark
+  wrote them) and by ``WSSS.seeds.read_seed``, which runs no code, in ours and in the
+  floor; palette masks of blocks with a void border.
 
     python benchmarks/wsss_speed.py                 # everything, on CUDA when present
     python benchmarks/wsss_speed.py --only eval_cam --files 50
@@ -103,14 +102,15 @@ def chainercv_confusion(preds: list[np.ndarray], labels: list[np.ndarray]) -> np
 
 
 def original_eval_cam(cam_dir: Path, voc: Path, ids: list[str], t: float) -> float:
-    """The original's eval_cam at one threshold, re-implemented: every seed and mask read,
-    the background plane t padded in front, argmax, mapped through keys + 1; the confusion
-    of all images, IoU and nanmean."""
+    """The original's eval_cam at one threshold, re-implemented with its calls: every seed
+    unpickled by ``np.load`` (the benchmark's own files) and every mask read, the background
+    plane t padded in front, argmax, mapped through keys + 1; the confusion of all images,
+    IoU and nanmean."""
     preds, labels = [], []
     for image_id in ids:
-        seed_keys, high_res = read_seed(cam_dir / f"{image_id}.npy")
-        cams = np.pad(high_res, ((1, 0), (0, 0), (0, 0)), mode="constant", constant_values=t)
-        keys = np.pad(seed_keys + 1, (1, 0), mode="constant")
+        seed = np.load(cam_dir / f"{image_id}.npy", allow_pickle=True).item()
+        cams = np.pad(seed["high_res"], ((1, 0), (0, 0), (0, 0)), mode="constant", constant_values=t)
+        keys = np.pad(seed["keys"] + 1, (1, 0), mode="constant")
         preds.append(keys[np.argmax(cams, axis=0)].copy())
         labels.append(chainercv_label(voc / "SegmentationClass" / f"{image_id}.png"))
     confusion = chainercv_confusion(preds, labels)
