@@ -260,3 +260,15 @@ def test_runs_combine_into_one_figure_and_summary_over_all_their_images(data_dir
     with pytest.raises(ArgumentError, match=f"{tmp_path} holds no finished motivation run"):
         motivation.main(["--combine", str(whole), str(tmp_path), "--output-dir", str(tmp_path / "mixed")])
     assert not (tmp_path / "mixed").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--checkpoint", "bas.pth"], "--combine draws runs already measured: it takes no --checkpoint"),
+        ([], "--combine needs --output-dir"),
+    ],
+)
+def test_combine_takes_finished_runs_and_an_output_folder_only(extra, message, tmp_path):
+    with pytest.raises(ArgumentError, match=message):
+        motivation.main(["--combine", str(tmp_path), *extra])
