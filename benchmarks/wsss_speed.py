@@ -258,7 +258,7 @@ def inference_nets(dtype: str, device: torch.device) -> dict[str, make_cam.Infer
 
 
 def one_image(path: Path, size: tuple[int, int]) -> MultiScaleSet:
-    """make_cam's dataset of one image, an ``size`` JPEG written at ``path``."""
+    """make_cam's dataset of one image: a JPEG of ``size`` (H, W), written at ``path``."""
     label = np.zeros(CLASSES, np.float32)
     label[[3, 11]] = 1
     return MultiScaleSet([Sample("2007_000000", write_image(path, size), label)], SCALES)

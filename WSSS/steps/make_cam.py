@@ -231,8 +231,8 @@ def run(args: argparse.Namespace) -> dict[str, int]:
     num_classes = len(datasets.pipeline_data(args).classes)
     weights = {"bas": args.bas_weights_name, "cam": args.cam_weights_name}
     needed = sorted({name for variant in args.seed_nets for name in variant.split("+")})
-    loaded = {name: load_net(name, weights[name], num_classes, args.arch) for name in needed}
-    nets = {name: InferenceNet(net, args.device, args.amp, args.channels_last) for name, net in loaded.items()}
+    placement = {"device": args.device, "amp": args.amp, "channels_last": args.channels_last}
+    nets = {name: InferenceNet(load_net(name, weights[name], num_classes, args.arch), **placement) for name in needed}
     out_dirs = {variant: seed_folder(args.cam_out_dir, variant) for variant in args.seed_nets}
     precision = {"amp": args.amp} if args.amp else {}  # fp32 folders keep the marker they always had
     for variant, folder in out_dirs.items():
